@@ -1,0 +1,31 @@
+"""The Rust codec of the oplog queue. Private: use ``oplog.Queue``."""
+
+from collections.abc import Iterable
+from typing import Any
+
+RawOperation = tuple[str, bytes | memoryview, int, tuple[str, ...], tuple[str, ...], bytes | None, int]
+"""(type_name, value, op_type, field_mask, null_paths, options, frame_offset) as decoded."""
+
+def encode_operations(operations: Iterable[tuple[Any, ...]], version: str) -> bytes:
+    """Encodes a batch of ``oplog.Operation`` into queue bytes in the given format.
+
+    Each operation's message and options are serialized with ``SerializeToString()``. The whole
+    batch is validated before anything is encoded.
+
+    Raises:
+        oplog.InvalidParameterError: An operation is invalid, or the version is unknown.
+    """
+
+def decode_operations(
+    data: bytes, start: int, limit: int | None
+) -> tuple[list[RawOperation], int]:
+    """Decodes up to ``limit`` frames of ``data`` from offset ``start``.
+
+    Values of 64 KiB or more are memoryview slices of ``data``; smaller ones are copies.
+
+    Returns:
+        The raw operations and the offset after the last frame decoded.
+
+    Raises:
+        oplog.DecodeError: The queue is malformed; ``offset`` says where.
+    """
