@@ -20,7 +20,7 @@ class Table(NamedTuple):
 
     Attributes:
         name: The table name (unqualified; resolved through the connection's search_path).
-        primary_key: The proto field names that form the primary key.
+        primary_key: The proto field names that form the primary key (may be empty).
         exclude: Proto field names that are not columns.
     """
 
@@ -74,7 +74,7 @@ class TypeCatalog:
         cls: type[Message],
         *,
         table: str | None = None,
-        primary_key: tuple[str, ...] | list[str] = ("id",),
+        primary_key: tuple[str, ...] | list[str] | None = None,
         exclude: tuple[str, ...] | list[str] = (),
     ) -> None:
         """Registers a message class under a type name.
@@ -85,7 +85,9 @@ class TypeCatalog:
             name: The type name written in entries, e.g. ``"user"``.
             cls: A protobuf message class.
             table: Its table; defaults to `name`.
-            primary_key: Proto field names forming the primary key.
+            primary_key: Proto field names forming the primary key; defaults to ``("id",)``
+                when the message has an ``id`` field, else none (such a type can be created
+                but not updated or deleted by the writer until a key is given).
             exclude: Proto field names that are not table columns.
 
         Raises:
@@ -107,13 +109,13 @@ class TypeCatalog:
                 f"{cls.__qualname__} is already registered as {other!r}"
             )
         fields = set(cls.DESCRIPTOR.fields_by_name)
+        if primary_key is None:
+            primary_key = ("id",) if "id" in fields else ()
         pk = tuple(primary_key)
         excluded = tuple(exclude)
         for field in (*pk, *excluded):
             if field not in fields:
                 raise InvalidParameterError(f"{cls.__qualname__} has no field {field!r}")
-        if not pk:
-            raise InvalidParameterError("primary_key names no field")
         table_name = check_identifier(name if table is None else table, "table name")
         self._classes[name] = cls
         self._names[cls] = name

@@ -1,0 +1,39 @@
+# The one entry point: every target runs scripts/setup.sh first, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-rust test-python lint proto proto-check bench clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(PY) -m oplog.demo
+
+test: setup test-rust test-python lint
+
+test-rust:
+	cargo test --quiet
+
+test-python:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(VENV)/bin/ruff format --check python tests benches scripts
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest oplog._core
+	$(PY) scripts/gen_proto.py --check
+	cargo fmt --check
+	PYO3_PYTHON=$(abspath $(PY)) cargo clippy --quiet --all-targets --features extension-module -- -D warnings
+
+proto: setup
+	$(PY) scripts/gen_proto.py
+
+bench: setup
+	$(PY) -m pytest benches $(BENCH_ARGS)
+
+clean:
+	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	find python -name '*.so' -delete
