@@ -9,7 +9,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(PY) -m oplog.demo
+	$(PY) -m oplog demo
 
 test: setup test-rust test-python lint
 

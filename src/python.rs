@@ -74,22 +74,63 @@ fn serialize<'py>(obj: &'py PyAny, index: usize, what: &str) -> PyResult<&'py [u
     Ok(bytes.as_bytes())
 }
 
-fn paths<'py>(obj: &'py PyAny, index: usize, what: &str) -> PyResult<Vec<&'py str>> {
-    let not_paths = || invalid(index, format!("{what} must be a sequence of str"));
-    if obj.is_instance_of::<PyString>()? {
-        return Err(not_paths());
+/// UTF-8 views of the str objects of one encode call. Type names and paths repeat across a
+/// batch (usually the very same interned objects), and under the abi3 API each conversion
+/// allocates, so each distinct object is converted once.
+#[derive(Default)]
+struct Utf8Cache<'py> {
+    seen: Vec<(usize, &'py str)>,
+}
+
+impl<'py> Utf8Cache<'py> {
+    const CAPACITY: usize = 64;
+
+    fn get(&mut self, s: &'py PyString) -> PyResult<&'py str> {
+        let key = s.as_ptr() as usize;
+        if let Some((_, utf8)) = self.seen.iter().find(|(k, _)| *k == key) {
+            return Ok(utf8);
+        }
+        let utf8 = s.to_str()?;
+        if self.seen.len() < Self::CAPACITY {
+            // The object is kept alive by the batch for the whole call, so its address is not
+            // reused while the cache exists.
+            self.seen.push((key, utf8));
+        }
+        Ok(utf8)
     }
+}
+
+fn paths<'py>(
+    obj: &'py PyAny,
+    cache: &mut Utf8Cache<'py>,
+    index: usize,
+    what: &str,
+) -> PyResult<Vec<&'py str>> {
+    let not_paths = || invalid(index, format!("{what} must be a sequence of str"));
     let mut out = Vec::new();
-    for item in obj.iter().map_err(|_| not_paths())? {
-        let s: &PyString = item?.downcast().map_err(|_| not_paths())?;
-        out.push(s.to_str()?);
+    let mut push = |item: &'py PyAny| -> PyResult<()> {
+        out.push(cache.get(item.downcast().map_err(|_| not_paths())?)?);
+        Ok(())
+    };
+    if let Ok(tuple) = obj.downcast::<PyTuple>() {
+        tuple.iter().try_for_each(&mut push)?;
+    } else if obj.is_instance_of::<PyString>()? {
+        return Err(not_paths());
+    } else {
+        for item in obj.iter().map_err(|_| not_paths())? {
+            push(item?)?;
+        }
     }
     Ok(out)
 }
 
 /// Reads one `oplog.Operation` (a 6-tuple) into an envelope that borrows from Python objects
-/// kept alive by the GIL pool of the current call.
-fn envelope_of(item: &PyAny, index: usize) -> PyResult<Envelope<'_>> {
+/// kept alive by the batch and by the GIL pool of the current call.
+fn envelope_of<'py>(
+    item: &'py PyAny,
+    cache: &mut Utf8Cache<'py>,
+    index: usize,
+) -> PyResult<Envelope<'py>> {
     let fields: &PyTuple = item
         .downcast()
         .ok()
@@ -102,15 +143,12 @@ fn envelope_of(item: &PyAny, index: usize) -> PyResult<Envelope<'_>> {
         })?;
     let value = serialize(fields.get_item(0)?, index, "message")?;
     let name = fields.get_item(1)?;
-    let type_name = name
-        .downcast::<PyString>()
-        .map_err(|_| {
-            invalid(
-                index,
-                format!("type name must be str, not {}", type_name_of(name)),
-            )
-        })?
-        .to_str()?;
+    let type_name = cache.get(name.downcast::<PyString>().map_err(|_| {
+        invalid(
+            index,
+            format!("type name must be str, not {}", type_name_of(name)),
+        )
+    })?)?;
     let op_type = fields
         .get_item(2)?
         .extract::<u64>()
@@ -120,8 +158,8 @@ fn envelope_of(item: &PyAny, index: usize) -> PyResult<Envelope<'_>> {
         type_name,
         value,
         op_type,
-        field_mask: paths(fields.get_item(3)?, index, "field_mask")?,
-        null_mask: paths(fields.get_item(4)?, index, "null_paths")?,
+        field_mask: paths(fields.get_item(3)?, cache, index, "field_mask")?,
+        null_mask: paths(fields.get_item(4)?, cache, index, "null_paths")?,
         options: if options.is_none() {
             None
         } else {
@@ -135,10 +173,11 @@ fn envelope_of(item: &PyAny, index: usize) -> PyResult<Envelope<'_>> {
 #[pyo3(text_signature = "(operations, version)")]
 fn encode_operations(py: Python<'_>, operations: &PyAny, version: &str) -> PyResult<Py<PyBytes>> {
     let format = format_of(version)?;
+    let mut cache = Utf8Cache::default();
     let envelopes = operations
         .iter()?
         .enumerate()
-        .map(|(index, item)| envelope_of(item?, index))
+        .map(|(index, item)| envelope_of(item?, &mut cache, index))
         .collect::<PyResult<Vec<_>>>()?;
     let payload: usize = envelopes.iter().map(|env| env.value.len()).sum();
     let encode = || {
@@ -180,7 +219,8 @@ fn str_of(py: Python<'_>, s: &str) -> PyResult<PyObject> {
     })
 }
 
-/// Builds Python values for decoded envelopes, sharing one str object per distinct type name.
+/// Builds Python values for decoded envelopes, sharing one str object per distinct type name or
+/// path (they repeat across a queue).
 struct Builder<'py> {
     py: Python<'py>,
     data: &'py PyBytes,
@@ -190,20 +230,27 @@ struct Builder<'py> {
 }
 
 impl<'py> Builder<'py> {
-    fn type_name(&mut self, name: &'py str) -> PyResult<PyObject> {
-        if let Some((_, obj)) = self.names.iter().find(|(n, _)| *n == name) {
+    fn intern(&mut self, s: &'py str) -> PyResult<PyObject> {
+        if let Some((_, obj)) = self.names.iter().find(|(n, _)| *n == s) {
             return Ok(obj.clone_ref(self.py));
         }
-        let obj = str_of(self.py, name)?;
+        let obj = str_of(self.py, s)?;
         if self.names.len() < 64 {
-            self.names.push((name, obj.clone_ref(self.py)));
+            self.names.push((s, obj.clone_ref(self.py)));
         }
         Ok(obj)
     }
 
+    fn bytes(&self, b: &[u8]) -> PyResult<PyObject> {
+        // SAFETY: a valid buffer and its length; the result is a new reference.
+        owned(self.py, unsafe {
+            ffi::PyBytes_FromStringAndSize(b.as_ptr() as *const c_char, b.len() as ffi::Py_ssize_t)
+        })
+    }
+
     fn value(&mut self, value: &'py [u8]) -> PyResult<PyObject> {
         if value.len() < VIEW_VALUES_AT {
-            return Ok(PyBytes::new(self.py, value).into());
+            return self.bytes(value);
         }
         let py = self.py;
         let view = match &self.view {
@@ -224,7 +271,7 @@ impl<'py> Builder<'py> {
         Ok(view.as_ref(py).get_item(slice)?.into())
     }
 
-    fn paths(&self, paths: &[&str]) -> PyResult<PyObject> {
+    fn paths(&mut self, paths: &[&'py str]) -> PyResult<PyObject> {
         if paths.is_empty() {
             return Ok(self.empty.clone_ref(self.py));
         }
@@ -232,7 +279,7 @@ impl<'py> Builder<'py> {
         unsafe {
             let tuple = owned(self.py, ffi::PyTuple_New(paths.len() as ffi::Py_ssize_t))?;
             for (i, path) in paths.iter().enumerate() {
-                let item = str_of(self.py, path)?;
+                let item = self.intern(path)?;
                 ffi::PyTuple_SetItem(tuple.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr());
             }
             Ok(tuple)
@@ -243,12 +290,12 @@ impl<'py> Builder<'py> {
         let py = self.py;
         let options = match &env.options {
             None => py.None(),
-            Some(options) => PyBytes::new(py, options).into(),
+            Some(options) => self.bytes(options)?,
         };
         tuple_of(
             py,
             [
-                self.type_name(env.type_name)?,
+                self.intern(env.type_name)?,
                 self.value(env.value)?,
                 env.op_type.into_py(py),
                 self.paths(&env.field_mask)?,
