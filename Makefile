@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-rust test-python lint proto proto-check bench clean
+.PHONY: setup demo test test-rust test-python lint proto bench bench-smoke clean
 
 setup:
 	@scripts/setup.sh
@@ -11,7 +11,7 @@ setup:
 demo: setup
 	$(PY) -m oplog demo
 
-test: setup test-rust test-python lint
+test: setup test-rust test-python bench-smoke lint
 
 test-rust:
 	cargo test --quiet
@@ -32,7 +32,14 @@ proto: setup
 	$(PY) scripts/gen_proto.py
 
 bench: setup
-	$(PY) -m pytest benches $(BENCH_ARGS)
+	mkdir -p .benchmarks
+	$(PY) -m pytest benches -p no:cacheprovider --benchmark-json=.benchmarks/latest.json $(BENCH_ARGS)
+	$(PY) benches/report.py .benchmarks/latest.json > benches/RESULTS.md
+	@cat benches/RESULTS.md
+
+# CI runs every benchmark once, untimed, so they cannot rot.
+bench-smoke: setup
+	$(PY) -m pytest benches -q --benchmark-disable
 
 clean:
 	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

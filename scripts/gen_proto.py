@@ -51,10 +51,14 @@ def main() -> int:
         names = {p.name for p in fresh}
         committed = {p.name for p in TARGET.glob("*_pb2.py*")}
         stale = sorted(names ^ committed) + sorted(
-            p.name for p in fresh if p.name in committed and not filecmp.cmp(p, TARGET / p.name, False)
+            p.name
+            for p in fresh
+            if p.name in committed and not filecmp.cmp(p, TARGET / p.name, False)
         )
         if stale:
-            print("generated protobuf modules are stale (run `make proto`):", *stale, file=sys.stderr)
+            print(
+                "generated protobuf modules are stale (run `make proto`):", *stale, file=sys.stderr
+            )
             return 1
     return 0
 

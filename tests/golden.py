@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
+from oplog.queue import Version
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -24,7 +25,7 @@ MESSAGES: dict[str, type[Message]] = {
 CATALOG = oplog.TypeCatalog({"user": TestUser, "car": TestCar, "rental": TestRental})
 
 # Go's queue formats and this library's names for them.
-VERSIONS = {"be9f25cce1": "v1", "head": "v2"}
+VERSIONS: dict[str, Version] = {"be9f25cce1": "v1", "head": "v2"}
 
 
 @cache

@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 import oplog
-from oplog.proto.any_operation_pb2 import Column, ColumnValue, Columns, ExprValue, WithOnConflict
+from oplog.proto.any_operation_pb2 import (
+    Column,
+    Columns,
+    ColumnValue,
+    ColumnValues,
+    ExprValue,
+    WithOnConflict,
+)
 from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
 
 _u32 = st.integers(0, 2**32 - 1)
@@ -41,11 +48,13 @@ options = st.builds(
             WithOnConflict,
             columns=st.builds(Columns, names=st.lists(_text, max_size=3)),
             column_values=st.builds(
-                oplog.proto.any_operation_pb2.ColumnValues,
+                ColumnValues,
                 values=st.lists(
                     st.one_of(
                         st.builds(ColumnValue, name=_text, column=st.builds(Column, name=_text)),
-                        st.builds(ColumnValue, name=_text, expr_value=st.builds(ExprValue, sql=_text)),
+                        st.builds(
+                            ColumnValue, name=_text, expr_value=st.builds(ExprValue, sql=_text)
+                        ),
                     ),
                     max_size=2,
                 ),

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import oplog
+from oplog.proto.oplog_test_pb2 import TestUser
 from tests import reference_codec
 from tests.golden import CATALOG
 from tests.strategies import operations
@@ -91,12 +92,10 @@ def test_mutated_queues_only_raise_decode_errors(
 def test_a_one_mib_frame_and_many_tiny_frames_decode() -> None:
     """A 1 MiB message and 10^5 zero-length frames are decoded, not rejected or crashed on."""
     big = oplog.Queue()
-    big.add(oplog.proto.oplog_test_pb2.TestUser(name="x" * (1 << 20)), "user", oplog.OpType.CREATE)
+    big.add(TestUser(name="x" * (1 << 20)), "user", oplog.OpType.CREATE)
     (op,) = oplog.Queue(bytes(big), catalog=CATALOG)
     assert len(op.message.name) == 1 << 20  # type: ignore[attr-defined]
     tiny = _VALID * 100_000
     ops = list(oplog.Queue(tiny, catalog=CATALOG))
     assert len(ops) == 100_000
-    assert ops[-1] == oplog.Operation(
-        oplog.proto.oplog_test_pb2.TestUser(), "user", oplog.OpType.UNSPECIFIED
-    )
+    assert ops[-1] == oplog.Operation(TestUser(), "user", oplog.OpType.UNSPECIFIED)

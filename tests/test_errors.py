@@ -46,7 +46,7 @@ def test_a_serializer_exception_propagates_unchanged() -> None:
     """An exception raised by a message's own serializer propagates unchanged."""
 
     class Exploding:
-        def SerializeToString(self) -> bytes:  # noqa: N802 (the protobuf method name)
+        def SerializeToString(self) -> bytes:
             raise RuntimeError("boom")
 
     op = oplog.Operation(Exploding(), "user", oplog.OpType.CREATE)  # type: ignore[arg-type]

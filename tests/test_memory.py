@@ -109,7 +109,7 @@ def test_many_small_operations_decode_without_copying_the_input() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    objects = {id(raw): raw}
+    objects: dict[int, object] = {id(raw): raw}
     for op in raw:
         for item in (op, *op, *op[3], *op[4]):
             objects[id(item)] = item

@@ -32,7 +32,9 @@ def test_encoding_matches_go_byte_for_byte(case: dict[str, Any]) -> None:
     q = oplog.Queue(version=VERSIONS[case["format"]], catalog=CATALOG)
     for add in case["adds"]:
         op = _operation(add)
-        q.add(op.message, op.type_name, op.op_type, field_mask=op.field_mask, null_paths=op.null_paths)
+        q.add(
+            op.message, op.type_name, op.op_type, field_mask=op.field_mask, null_paths=op.null_paths
+        )
     assert bytes(q).hex() == case["queue_hex"]
     assert len(bytes(q)) == case["queue_len"]
 

@@ -3,7 +3,11 @@
 from collections.abc import Iterable
 from typing import Any
 
-RawOperation = tuple[str, bytes | memoryview, int, tuple[str, ...], tuple[str, ...], bytes | None, int]
+__all__ = ["decode_operations", "encode_operations"]
+
+_RawOperation = tuple[
+    str, bytes | memoryview, int, tuple[str, ...], tuple[str, ...], bytes | None, int
+]
 """(type_name, value, op_type, field_mask, null_paths, options, frame_offset) as decoded."""
 
 def encode_operations(operations: Iterable[tuple[Any, ...]], version: str) -> bytes:
@@ -18,7 +22,7 @@ def encode_operations(operations: Iterable[tuple[Any, ...]], version: str) -> by
 
 def decode_operations(
     data: bytes, start: int, limit: int | None
-) -> tuple[list[RawOperation], int]:
+) -> tuple[list[_RawOperation], int]:
     """Decodes up to ``limit`` frames of ``data`` from offset ``start``.
 
     Values of 64 KiB or more are memoryview slices of ``data``; smaller ones are copies.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 
@@ -64,7 +64,7 @@ class TypeCatalog:
         self._names: dict[type[Message], str] = {}
         self._tables: dict[str, Table] = {}
         # name -> cls.FromString, looked up once per decoded operation.
-        self._parsers: dict[str, Callable[[bytes], Message]] = {}
+        self._parsers: dict[str, Callable[[Any], Message]] = {}
         for name, cls in (types or {}).items():
             self.register(name, cls)
 
@@ -105,9 +105,7 @@ class TypeCatalog:
             )
         other = self._names.get(cls)
         if other is not None and other != name:
-            raise InvalidParameterError(
-                f"{cls.__qualname__} is already registered as {other!r}"
-            )
+            raise InvalidParameterError(f"{cls.__qualname__} is already registered as {other!r}")
         fields = set(cls.DESCRIPTOR.fields_by_name)
         if primary_key is None:
             primary_key = ("id",) if "id" in fields else ()

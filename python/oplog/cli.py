@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
+from oplog.queue import Version
 
 
 def _catalog() -> oplog.TypeCatalog:
@@ -48,8 +49,9 @@ def demo(args: argparse.Namespace) -> int:
     catalog = _catalog()
     out = sys.stdout
     small = _demo_operations(1)
-    for version in ("v2", "v1"):
-        q = oplog.Queue(version=version)  # type: ignore[arg-type]
+    versions: tuple[Version, ...] = ("v2", "v1")
+    for version in versions:
+        q = oplog.Queue(version=version)
         q.extend(op if version == "v2" else op._replace(null_paths=()) for op in small)
         data = bytes(q)
         out.write(f"{version} queue of {len(small)} operations: {len(data)} bytes\n")

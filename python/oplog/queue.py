@@ -183,7 +183,7 @@ class Queue:
         return f"Queue(version={self._version!r}, nbytes={self.nbytes})"
 
 
-def _build(raw: list[_core.RawOperation], catalog: TypeCatalog) -> Iterator[Operation]:
+def _build(raw: list[_core._RawOperation], catalog: TypeCatalog) -> Iterator[Operation]:
     """Turns the core's raw tuples into Operations, parsing each message as it goes."""
     parsers = catalog._parsers
     for type_name, value, op_type, field_mask, null_paths, options, offset in raw:
@@ -198,6 +198,6 @@ def _build(raw: list[_core.RawOperation], catalog: TypeCatalog) -> Iterator[Oper
                 f"frame at offset {offset}: its {type_name!r} message does not parse: {exc}",
                 offset,
             ) from exc
-        yield _new_operation(  # type: ignore[call-overload]
+        yield _new_operation(
             Operation, (message, type_name, _OP_TYPES[op_type], field_mask, null_paths, opts)
         )

@@ -1,0 +1,61 @@
+"""Renders a pytest-benchmark JSON file as a markdown table: medians, and ratios to each
+group's baseline (the benchmark whose name contains ``reference``, ``bare`` or ``baseline``).
+
+    python benches/report.py .benchmarks/latest.json > benches/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BASELINE_MARKERS = ("reference", "bare", "baseline")
+
+
+def _is_baseline(name: str) -> bool:
+    return any(marker in name for marker in BASELINE_MARKERS)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The markdown of one pytest-benchmark report."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for bench in report["benchmarks"]:
+        groups[bench["group"] or "(no group)"].append(bench)
+    machine = report.get("machine_info", {})
+    lines = [
+        f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor() or '?')}, "
+        f"{machine.get('cpu', {}).get('count', '?')} cores, Python {machine.get('python_version')}"
+        f"; {report.get('datetime', '')[:19]}",
+        "",
+        "| group | benchmark | median | IQR | rounds | vs baseline |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for group, benches in sorted(groups.items()):
+        baseline = next((b for b in benches if _is_baseline(b["name"])), None)
+        for bench in sorted(benches, key=lambda b: b["stats"]["median"]):
+            stats = bench["stats"]
+            ratio = ""
+            if baseline is not None and bench is not baseline:
+                ratio = f"{baseline['stats']['median'] / stats['median']:.2f}x faster"
+            elif bench is baseline:
+                ratio = "baseline"
+            lines.append(
+                f"| {group} | {bench['name']} | {stats['median'] * 1e3:.2f} ms | "
+                f"{stats['iqr'] * 1e3:.2f} ms | {stats['rounds']} | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    """Prints the table of the report named on the command line."""
+    report = json.loads(Path(sys.argv[1]).read_text())
+    sys.stdout.write(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
