@@ -11,7 +11,8 @@ setup:
 demo: setup
 	$(PY) -m oplog demo
 
-test: setup test-rust test-python bench-smoke lint
+# Lint first so that the last lines of the run are the test summary.
+test: setup lint test-rust bench-smoke test-python
 
 test-rust:
 	cargo test --quiet

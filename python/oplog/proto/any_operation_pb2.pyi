@@ -5,8 +5,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -53,7 +52,7 @@ class OperationOptions(_message.Message):
     with_where_clause: str
     with_where_clause_args: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]
     with_on_conflict: WithOnConflict
-    def __init__(self, with_version: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., with_skip_vet_for_write: _Optional[bool] = ..., with_where_clause: _Optional[str] = ..., with_where_clause_args: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ..., with_on_conflict: _Optional[_Union[WithOnConflict, _Mapping]] = ...) -> None: ...
+    def __init__(self, with_version: _Optional[_Union[_wrappers_pb2.UInt32Value, _Mapping]] = ..., with_skip_vet_for_write: bool = ..., with_where_clause: _Optional[str] = ..., with_where_clause_args: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ..., with_on_conflict: _Optional[_Union[WithOnConflict, _Mapping]] = ...) -> None: ...
 
 class WithOnConflict(_message.Message):
     __slots__ = ("constraint", "columns", "do_nothing", "update_all", "column_values")
@@ -67,7 +66,7 @@ class WithOnConflict(_message.Message):
     do_nothing: bool
     update_all: bool
     column_values: ColumnValues
-    def __init__(self, constraint: _Optional[str] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ..., do_nothing: _Optional[bool] = ..., update_all: _Optional[bool] = ..., column_values: _Optional[_Union[ColumnValues, _Mapping]] = ...) -> None: ...
+    def __init__(self, constraint: _Optional[str] = ..., columns: _Optional[_Union[Columns, _Mapping]] = ..., do_nothing: bool = ..., update_all: bool = ..., column_values: _Optional[_Union[ColumnValues, _Mapping]] = ...) -> None: ...
 
 class Columns(_message.Message):
     __slots__ = ("names",)
