@@ -7,6 +7,7 @@ The names below are the public API; ``oplog._core`` (the Rust codec) is private.
 from __future__ import annotations
 
 from oplog.catalog import Table, TypeCatalog
+from oplog.entry import Entry
 from oplog.errors import (
     DecodeError,
     DecryptError,
@@ -17,24 +18,43 @@ from oplog.errors import (
     TicketNotFoundError,
     UnknownTypeError,
 )
+from oplog.log import Oplog
 from oplog.operation import Operation, OperationOptions, OpType
 from oplog.queue import Queue
+from oplog.replay import Replayer
+from oplog.schema import migrate, migrate_down
+from oplog.ticket import Ticket, Ticketer
+from oplog.transaction import run_in_transaction
+from oplog.wrapping import AeadWrapper, MultiWrapper, Wrapper
+from oplog.writer import Writer
 
 __all__ = [
+    "AeadWrapper",
     "DecodeError",
     "DecryptError",
+    "Entry",
     "InvalidParameterError",
+    "MultiWrapper",
     "OpType",
     "Operation",
     "OperationOptions",
+    "Oplog",
     "OplogError",
     "Queue",
+    "Replayer",
     "Table",
+    "Ticket",
     "TicketAlreadyRedeemedError",
     "TicketConflictError",
     "TicketNotFoundError",
+    "Ticketer",
     "TypeCatalog",
     "UnknownTypeError",
+    "Wrapper",
+    "Writer",
+    "migrate",
+    "migrate_down",
+    "run_in_transaction",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,277 @@
+"""Entries: an aggregate's ordered operations, encrypted, as one row of ``oplog_entry``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+
+from oplog.catalog import TypeCatalog
+from oplog.errors import InvalidParameterError, TicketConflictError
+from oplog.operation import Operation
+from oplog.queue import Queue, Version
+from oplog.replay import Replayer
+from oplog.ticket import Ticket, Ticketer, conflicts_as_ticket_errors
+from oplog.wrapping import Wrapper
+from oplog.writer import Writer
+
+__all__ = ["Entry", "Metadata", "normalize_metadata"]
+
+Metadata = dict[str, list[str]]
+"""Key -> values. A key with an empty list is stored as a key without a value."""
+
+# Redeem, insert the entry and its metadata in one statement. The entry is inserted only from
+# the ticket row the redeem returned, so a conflict inserts nothing and burns no identity value.
+_WRITE = """
+with ticket as (
+  update oplog_ticket set version = version + 1, update_time = current_timestamp
+  where id = %(ticket_id)s and version = %(ticket_version)s
+  returning id
+), entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %(version)s, %(aggregate_name)s, %(data)b, %(key_id)s from ticket
+  returning id, create_time
+), metadata as (
+  insert into oplog_metadata (entry_id, key, value)
+  select entry.id, m.key, m.value
+  from entry, unnest(%(keys)s::text[], %(values)s::text[]) as m (key, value)
+)
+select id, create_time from entry
+"""
+
+
+def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Metadata:
+    """Validates metadata and returns it as ``{key: [values]}`` (a str value is one value).
+
+    Raises:
+        InvalidParameterError: A key is not a non-empty str, or a value is not a str.
+    """
+    out: Metadata = {}
+    for key, values in (metadata or {}).items():
+        if not isinstance(key, str) or not key:
+            raise InvalidParameterError(f"metadata keys are non-empty str, not {key!r}")
+        items = [values] if isinstance(values, str) else list(values)
+        for value in items:
+            if not isinstance(value, str):
+                raise InvalidParameterError(f"metadata {key!r} has a non-str value {value!r}")
+        out[key] = items
+    return out
+
+
+def metadata_rows(metadata: Metadata) -> tuple[list[str], list[str | None]]:
+    """Parallel key and value lists; a key without values is one row with a NULL value."""
+    keys: list[str] = []
+    values: list[str | None] = []
+    for key, items in metadata.items():
+        row_values: list[str | None] = list(items) if items else [None]
+        for value in row_values:
+            keys.append(key)
+            values.append(value)
+    return keys, values
+
+
+class Entry:
+    """One oplog entry: operations on one aggregate, with metadata, stored encrypted.
+
+    Args:
+        aggregate_name: The aggregate the entry belongs to, e.g. ``"users"``.
+        metadata: Key -> values (a key may have no value).
+        wrapper: Encrypts (and decrypts) the data.
+        ticketer: Names the ticket of the aggregate (needed to write).
+        version: The queue format written: ``"v2"`` (default) or ``"v1"``.
+
+    Attributes:
+        id: The entry's id once written or read, else None.
+        create_time: When the row was inserted, once written or read.
+        key_id: The id of the key the data is (or will be) encrypted with.
+        data: The plaintext queue, or the encrypted blob after :meth:`encrypt_data`.
+
+    Raises:
+        InvalidParameterError: The aggregate name, metadata or version is invalid.
+    """
+
+    __slots__ = (
+        "_encrypted",
+        "aggregate_name",
+        "create_time",
+        "data",
+        "id",
+        "key_id",
+        "metadata",
+        "ticketer",
+        "version",
+        "wrapper",
+    )
+
+    def __init__(
+        self,
+        aggregate_name: str,
+        *,
+        metadata: Mapping[str, Sequence[str] | str] | None = None,
+        wrapper: Wrapper | None = None,
+        ticketer: Ticketer | None = None,
+        version: Version = "v2",
+    ) -> None:
+        if not isinstance(aggregate_name, str) or not aggregate_name:
+            raise InvalidParameterError(
+                f"aggregate name must be a non-empty str, not {aggregate_name!r}"
+            )
+        if version not in ("v1", "v2"):
+            raise InvalidParameterError(f"unknown entry version {version!r}: use 'v1' or 'v2'")
+        self.aggregate_name = aggregate_name
+        self.metadata = normalize_metadata(metadata)
+        self.wrapper = wrapper
+        self.ticketer = ticketer
+        self.version: str = version
+        self.id: int | None = None
+        self.create_time: dt.datetime | None = None
+        self.key_id = wrapper.key_id if wrapper is not None else ""
+        self.data = b""
+        self._encrypted = False
+
+    @classmethod
+    def from_row(
+        cls,
+        *,
+        id: int,
+        create_time: dt.datetime,
+        version: str,
+        aggregate_name: str,
+        data: bytes,
+        key_id: str,
+        metadata: Metadata,
+        wrapper: Wrapper | None = None,
+    ) -> Entry:
+        """An entry as stored (data still encrypted)."""
+        entry = cls.__new__(cls)
+        entry.aggregate_name = aggregate_name
+        entry.metadata = metadata
+        entry.wrapper = wrapper
+        entry.ticketer = None
+        entry.version = version
+        entry.id = id
+        entry.create_time = create_time
+        entry.key_id = key_id
+        entry.data = data
+        entry._encrypted = True
+        return entry
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether `data` currently holds the encrypted blob."""
+        return self._encrypted
+
+    def _wrapper(self) -> Wrapper:
+        if self.wrapper is None:
+            raise InvalidParameterError("this entry has no wrapper: Entry(..., wrapper=)")
+        return self.wrapper
+
+    def encrypt_data(self) -> None:
+        """Encrypts `data` in place with the wrapper.
+
+        Raises:
+            InvalidParameterError: No wrapper, or the data is already encrypted.
+        """
+        wrapper = self._wrapper()
+        if self._encrypted:
+            raise InvalidParameterError("the entry's data is already encrypted")
+        self.data = wrapper.encrypt(self.data)
+        self.key_id = wrapper.key_id
+        self._encrypted = True
+
+    def decrypt_data(self) -> None:
+        """Decrypts `data` in place with the wrapper.
+
+        Raises:
+            InvalidParameterError: No wrapper, or the data is not encrypted.
+            DecryptError: The blob does not decrypt (wrong key, tampered); data is unchanged.
+        """
+        wrapper = self._wrapper()
+        if not self._encrypted:
+            raise InvalidParameterError("the entry's data is not encrypted")
+        self.data = wrapper.decrypt(self.data)
+        self._encrypted = False
+
+    def unmarshal_data(self, catalog: TypeCatalog) -> list[Operation]:
+        """The operations of the (decrypted) data, in order.
+
+        Raises:
+            InvalidParameterError: The data is still encrypted.
+            DecodeError, UnknownTypeError: The queue does not decode with `catalog`.
+        """
+        if self._encrypted:
+            raise InvalidParameterError("decrypt the entry's data before unmarshalling it")
+        return list(Queue(self.data, catalog=catalog))
+
+    def write_entry_with(self, writer: Writer, ticket: Ticket, *operations: Operation) -> None:
+        """Encodes `operations` as the entry's data (replacing any), encrypts and writes it.
+
+        Unlike the Go original, data already in the entry is replaced, not appended to, so
+        calling this again after a conflict writes the operations once.
+
+        Raises:
+            InvalidParameterError: No operations, or an invalid one; see also :meth:`write`.
+        """
+        if not operations:
+            raise InvalidParameterError("an entry needs at least one operation")
+        queue = Queue(version=self.version)  # type: ignore[arg-type]
+        queue.extend(operations)
+        self.data = bytes(queue)
+        self._encrypted = False
+        self.write(writer, ticket)
+
+    def write(self, writer: Writer, ticket: Ticket) -> None:
+        """Encrypts the data (if needed), redeems the ticket, and inserts the entry and its
+        metadata, all in one statement in the writer's transaction.
+
+        Raises:
+            InvalidParameterError: Empty data, no wrapper or ticketer, or a ticket that is not
+                this aggregate's.
+            TicketConflictError: Another writer redeemed the ticket first, or the statement
+                hit a serialization failure, deadlock or unique violation. Roll back.
+        """
+        if self.ticketer is None:
+            raise InvalidParameterError("this entry has no ticketer: Entry(..., ticketer=)")
+        expected = self.ticketer.ticket_name(self.aggregate_name)
+        if not isinstance(ticket, Ticket) or ticket.name != expected:
+            raise InvalidParameterError(f"the entry needs the ticket {expected!r}, not {ticket!r}")
+        if not self.data:
+            raise InvalidParameterError("the entry has no data")
+        if not self._encrypted:
+            self.encrypt_data()
+        keys, values = metadata_rows(self.metadata)
+        with conflicts_as_ticket_errors(f"write entry for {self.aggregate_name!r}"):
+            row = writer.conn.execute(
+                _WRITE,
+                {
+                    "ticket_id": ticket.id,
+                    "ticket_version": ticket.version,
+                    "version": self.version,
+                    "aggregate_name": self.aggregate_name,
+                    "data": self.data,
+                    "key_id": self.key_id,
+                    "keys": keys,
+                    "values": values,
+                },
+            ).fetchone()
+        if row is None:
+            raise TicketConflictError(
+                f"ticket {ticket.name!r} version {ticket.version} was already redeemed"
+            )
+        self.id = int(row[0])
+        self.create_time = row[1]
+
+    def replay(self, writer: Writer, catalog: TypeCatalog, table_suffix: str = "_replay") -> None:
+        """Applies the entry's operations to ``<table><table_suffix>`` tables.
+
+        Decrypts the data first if needed (leaving it decrypted).
+        """
+        if self._encrypted:
+            self.decrypt_data()
+        Replayer(writer, table_suffix).apply(self.unmarshal_data(catalog))
+
+    def __repr__(self) -> str:
+        state = "encrypted" if self._encrypted else "plaintext"
+        return (
+            f"Entry(id={self.id!r}, aggregate_name={self.aggregate_name!r}, "
+            f"version={self.version!r}, key_id={self.key_id!r}, {state} {len(self.data)} bytes)"
+        )

@@ -1,0 +1,145 @@
+"""Tickets: one row per aggregate name that serializes the writers of that aggregate.
+
+A writer reads the ticket inside its transaction, writes its data and entry, and redeems the
+ticket (``version -> version + 1`` where the version is still the one it read). A redeem that
+changes no row means another writer committed first: the whole transaction must roll back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, NamedTuple
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from oplog.errors import InvalidParameterError, TicketConflictError, TicketNotFoundError
+
+__all__ = ["GLOBAL_TICKET", "LockMode", "Ticket", "Ticketer", "conflicts_as_ticket_errors"]
+
+GLOBAL_TICKET = "global"
+"""The one ticket every aggregate shares when ``aggregate_names=False``."""
+
+LockMode = Literal["optimistic", "pessimistic"]
+
+# SQLSTATEs that mean "another transaction got there first; retry from the start".
+_CONFLICTS = (
+    pg_errors.SerializationFailure,  # 40001
+    pg_errors.DeadlockDetected,  # 40P01
+    pg_errors.UniqueViolation,  # 23505
+)
+
+
+class Ticket(NamedTuple):
+    """A ticket as read: redeeming it succeeds only if `version` is still current."""
+
+    id: int
+    name: str
+    version: int
+
+
+@contextmanager
+def conflicts_as_ticket_errors(what: str) -> Iterator[None]:
+    """Turns serialization failures, deadlocks and unique violations into TicketConflictError.
+
+    Classified by SQLSTATE (psycopg's exception classes), never by message text.
+    """
+    try:
+        yield
+    except _CONFLICTS as exc:
+        raise TicketConflictError(f"{what}: {exc.sqlstate} {exc.diag.message_primary}") from exc
+
+
+def check_lock_mode(lock: str) -> LockMode:
+    """Returns `lock` if it is a lock mode; raises InvalidParameterError otherwise."""
+    if lock not in ("optimistic", "pessimistic"):
+        raise InvalidParameterError(f"lock must be 'optimistic' or 'pessimistic', not {lock!r}")
+    return lock  # type: ignore[return-value]
+
+
+class Ticketer:
+    """Reads and redeems tickets on a psycopg 3 connection, inside the caller's transaction.
+
+    Args:
+        conn: The connection whose transaction the ticket belongs to.
+        aggregate_names: True (default): one ticket per aggregate name. False: every name uses
+            the single ticket ``"global"``.
+        lock: ``"optimistic"`` (default) reads the ticket plainly and detects a conflict when
+            redeeming; ``"pessimistic"`` reads it ``FOR UPDATE``, so writers of a hot aggregate
+            wait for each other instead of failing and retrying.
+    """
+
+    __slots__ = ("_aggregate_names", "_conn", "_lock")
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        aggregate_names: bool = True,
+        lock: LockMode = "optimistic",
+    ) -> None:
+        self._conn = conn
+        self._aggregate_names = aggregate_names
+        self._lock: LockMode = check_lock_mode(lock)
+
+    @property
+    def lock(self) -> LockMode:
+        """The lock mode tickets are read with."""
+        return self._lock
+
+    def ticket_name(self, aggregate_name: str) -> str:
+        """The ticket an aggregate name uses."""
+        if not isinstance(aggregate_name, str) or not aggregate_name:
+            raise InvalidParameterError(
+                f"aggregate name must be a non-empty str, not {aggregate_name!r}"
+            )
+        return aggregate_name if self._aggregate_names else GLOBAL_TICKET
+
+    def init_ticket(self, aggregate_name: str) -> None:
+        """Creates the ticket of `aggregate_name` at version 1 unless it exists (idempotent)."""
+        name = self.ticket_name(aggregate_name)
+        with conflicts_as_ticket_errors(f"init ticket {name!r}"):
+            self._conn.execute(
+                "insert into oplog_ticket (name, version) values (%s, 1)"
+                " on conflict (name) do nothing",
+                (name,),
+            )
+
+    def get_ticket(self, aggregate_name: str) -> Ticket:
+        """Reads the ticket of `aggregate_name` (``FOR UPDATE`` in pessimistic mode).
+
+        Raises:
+            TicketNotFoundError: The ticket was never initialized.
+            TicketConflictError: The read hit a serialization failure or deadlock.
+        """
+        name = self.ticket_name(aggregate_name)
+        query = (
+            "select id, name, version from oplog_ticket where name = %s for update"
+            if self._lock == "pessimistic"
+            else "select id, name, version from oplog_ticket where name = %s"
+        )
+        with conflicts_as_ticket_errors(f"get ticket {name!r}"):
+            row = self._conn.execute(query, (name,)).fetchone()
+        if row is None:
+            raise TicketNotFoundError(f"no ticket for {name!r}: call init_ticket() first")
+        return Ticket(int(row[0]), str(row[1]), int(row[2]))
+
+    def redeem(self, ticket: Ticket) -> None:
+        """Advances the ticket from the version read to the next one.
+
+        Raises:
+            TicketConflictError: The ticket was redeemed by another writer since it was read
+                (0 rows updated), or the update hit a serialization failure, deadlock or unique
+                violation. The caller's transaction must be rolled back.
+        """
+        with conflicts_as_ticket_errors(f"redeem ticket {ticket.name!r}"):
+            cur = self._conn.execute(
+                "update oplog_ticket set version = version + 1, update_time = current_timestamp"
+                " where id = %s and version = %s",
+                (ticket.id, ticket.version),
+            )
+        if cur.rowcount != 1:
+            raise TicketConflictError(
+                f"ticket {ticket.name!r} version {ticket.version} was already redeemed"
+            )

@@ -1,0 +1,197 @@
+"""Encryption of entry data: AES-256-GCM in go-kms-wrapping's blob format (WIRE.md §3).
+
+The stored blob is a serialized ``BlobInfo`` whose ``ciphertext`` is ``nonce(12) || AES-GCM
+ciphertext || tag(16)`` with no associated data, and whose ``key_info.key_id`` names the key. The
+Go aead wrapper writes and reads exactly this, so entries written by either side decrypt on the
+other.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from oplog.errors import DecryptError, InvalidParameterError
+from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
+
+__all__ = ["AeadWrapper", "MultiWrapper", "Wrapper", "blob_key_id"]
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+
+
+@runtime_checkable
+class Wrapper(Protocol):
+    """What an entry needs from its encryption: a key id, encrypt and decrypt."""
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key new blobs are encrypted with."""
+        ...
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """The serialized blob of `plaintext`."""
+        ...
+
+    def decrypt(self, blob: bytes) -> bytes:
+        """The plaintext of a serialized blob; raises DecryptError."""
+        ...
+
+
+def _parse(blob: bytes) -> BlobInfo:
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise DecryptError(f"a blob is bytes, not {type(blob).__name__}")
+    try:
+        info = BlobInfo.FromString(bytes(blob))
+    except ProtobufDecodeError:
+        raise DecryptError("the blob is not a serialized BlobInfo") from None
+    if info.wrapped:
+        raise DecryptError("the blob holds a wrapped (envelope-encrypted) key; not supported")
+    return info
+
+
+def blob_key_id(blob: bytes) -> str:
+    """The key id a serialized blob names (empty when it names none).
+
+    Raises:
+        DecryptError: `blob` is not a serialized BlobInfo.
+    """
+    return _parse(blob).key_info.key_id
+
+
+class AeadWrapper:
+    """AES-256-GCM with one key, compatible with go-kms-wrapping's aead wrapper.
+
+    Args:
+        key: 32 secret bytes.
+        key_id: The key's id, stored with every blob (and in ``oplog_entry.key_id``).
+
+    Raises:
+        InvalidParameterError: The key is not 32 bytes, or the key id is empty.
+    """
+
+    __slots__ = ("_aead", "_key_id")
+
+    def __init__(self, key: bytes, key_id: str) -> None:
+        if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+            # Never echo the key: only its type and length.
+            size = len(key) if isinstance(key, (bytes, bytearray)) else type(key).__name__
+            raise InvalidParameterError(f"an AES-256 key is {KEY_SIZE} bytes, not {size}")
+        if not isinstance(key_id, str) or not key_id:
+            raise InvalidParameterError("key_id must be a non-empty str")
+        # One AESGCM object per wrapper: building one per call costs more than the encryption
+        # of a small entry.
+        self._aead = AESGCM(bytes(key))
+        self._key_id = key_id
+
+    @classmethod
+    def generate(cls, key_id: str) -> AeadWrapper:
+        """A wrapper with a new random key from the operating system's CSPRNG."""
+        return cls(AESGCM.generate_key(bit_length=256), key_id)
+
+    @property
+    def key_id(self) -> str:
+        """The id of this wrapper's key."""
+        return self._key_id
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """Encrypts `plaintext` under a fresh random nonce; returns the serialized blob."""
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = self._aead.encrypt(nonce, plaintext, None)
+        return BlobInfo(
+            ciphertext=nonce + sealed, key_info=KeyInfo(key_id=self._key_id)
+        ).SerializeToString()
+
+    def decrypt(self, blob: bytes) -> bytes:
+        """Decrypts a serialized blob written by this key.
+
+        Raises:
+            DecryptError: The blob is malformed or truncated, names no key or another key, or
+                fails authentication (wrong key, any changed bit). No plaintext is returned.
+        """
+        return self._open(_parse(blob))
+
+    def _open(self, info: BlobInfo) -> bytes:
+        key_id = info.key_info.key_id
+        # The key id is not authenticated by GCM; insisting on it makes any damage to the
+        # blob's framing (a flipped tag, a cut-off key_info) an error rather than a shrug.
+        if not key_id:
+            raise DecryptError("the blob names no key id")
+        if key_id != self._key_id:
+            raise DecryptError(f"the blob was encrypted with key {key_id!r}, not {self._key_id!r}")
+        data = info.ciphertext
+        if len(data) < NONCE_SIZE + TAG_SIZE:
+            raise DecryptError(f"the ciphertext is {len(data)} bytes: too short for nonce and tag")
+        try:
+            return self._aead.decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], None)
+        except InvalidTag:
+            raise DecryptError(
+                f"authentication failed with key {self._key_id!r}: wrong key or tampered data"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"AeadWrapper(key_id={self._key_id!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickling would copy the key somewhere the caller did not choose to put it.
+        raise TypeError("AeadWrapper holds a secret key and cannot be pickled")
+
+
+class MultiWrapper:
+    """Key rotation: encrypts with the primary wrapper, decrypts with whichever wrapper has the
+    blob's key id.
+
+    Args:
+        primary: Encrypts new blobs.
+        older: Decrypt blobs written with earlier keys.
+
+    Raises:
+        InvalidParameterError: Two wrappers share a key id.
+    """
+
+    __slots__ = ("_by_id", "_primary")
+
+    def __init__(self, primary: AeadWrapper, *older: AeadWrapper) -> None:
+        self._primary = primary
+        self._by_id: dict[str, AeadWrapper] = {}
+        for wrapper in (primary, *older):
+            if wrapper.key_id in self._by_id:
+                raise InvalidParameterError(f"two wrappers have key id {wrapper.key_id!r}")
+            self._by_id[wrapper.key_id] = wrapper
+
+    @property
+    def key_id(self) -> str:
+        """The primary key's id."""
+        return self._primary.key_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Every key id this wrapper can decrypt, primary first."""
+        return list(self._by_id)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """Encrypts with the primary key."""
+        return self._primary.encrypt(plaintext)
+
+    def decrypt(self, blob: bytes) -> bytes:
+        """Decrypts with the wrapper of the blob's key id.
+
+        Raises:
+            DecryptError: The blob names no key id or an unknown one, or decryption fails.
+        """
+        info = _parse(blob)
+        key_id = info.key_info.key_id
+        if not key_id:
+            raise DecryptError("the blob names no key id")
+        wrapper = self._by_id.get(key_id)
+        if wrapper is None:
+            raise DecryptError(f"unknown key id {key_id!r}: known are {self.key_ids}")
+        return wrapper._open(info)
+
+    def __repr__(self) -> str:
+        return f"MultiWrapper(key_ids={self.key_ids!r})"

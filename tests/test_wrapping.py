@@ -1,0 +1,147 @@
+"""Encryption in go-kms-wrapping's blob format: Go interop, tamper detection, key rotation."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+import oplog
+from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
+from oplog.wrapping import blob_key_id
+from tests.golden import load
+
+SAMPLES = [
+    (generation, sample)
+    for generation, body in load("entry_encryption").items()
+    if isinstance(body, dict)
+    for sample in body["samples"]
+]
+KEY = bytes(range(32))
+
+
+def _vector_wrapper(generation: str) -> oplog.AeadWrapper:
+    body = load("entry_encryption")[generation]
+    return oplog.AeadWrapper(bytes.fromhex(body["key_hex"]), body["key_id"])
+
+
+@pytest.mark.parametrize(("generation", "sample"), SAMPLES, ids=[g for g, _ in SAMPLES])
+def test_blobs_written_by_go_decrypt(generation: str, sample: dict[str, Any]) -> None:
+    """The Go aead wrapper's stored entry data decrypts to the recorded plaintext."""
+    plaintext = _vector_wrapper(generation).decrypt(bytes.fromhex(sample["ct_data_hex"]))
+    assert plaintext.hex() == sample["plaintext_hex"]
+
+
+@pytest.mark.parametrize(("generation", "sample"), SAMPLES, ids=[g for g, _ in SAMPLES])
+def test_go_entries_decrypt_and_decode(generation: str, sample: dict[str, Any]) -> None:
+    """A Go-written entry's data decrypts and decodes to its operations."""
+    from tests.golden import CATALOG
+
+    plaintext = _vector_wrapper(generation).decrypt(bytes.fromhex(sample["ct_data_hex"]))
+    (op,) = oplog.Queue(plaintext, catalog=CATALOG)
+    assert op.type_name == "user"
+    assert op.op_type == oplog.OpType.CREATE
+    assert op.message.name == "Alice"  # type: ignore[attr-defined]
+
+
+def test_our_blobs_have_the_go_layout() -> None:
+    """A blob is 0a len (nonce||ct||tag) 2a len (1a len key_id), nothing else."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    blob = w.encrypt(b"hello")
+    info = BlobInfo.FromString(blob)
+    assert blob == BlobInfo(ciphertext=info.ciphertext, key_info=KeyInfo(key_id="k1")).SerializeToString()
+    assert blob[0] == 0x0A
+    assert blob.endswith(bytes.fromhex("2a041a026b31"))
+    assert len(info.ciphertext) == 12 + 5 + 16
+    assert w.decrypt(blob) == b"hello"
+
+
+def test_nonces_are_fresh() -> None:
+    """Encrypting the same plaintext twice gives different blobs."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    assert w.encrypt(b"same") != w.encrypt(b"same")
+
+
+def test_flipping_any_bit_of_a_blob_raises_decrypt_error() -> None:
+    """Every single-bit change of a stored blob is rejected with DecryptError, never plaintext."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    blob = w.encrypt(b"an oplog entry's queue")
+    for i in range(len(blob) * 8):
+        tampered = bytearray(blob)
+        tampered[i // 8] ^= 1 << (i % 8)
+        with pytest.raises(oplog.DecryptError):
+            w.decrypt(bytes(tampered))
+
+
+def test_truncated_blobs_raise_decrypt_error() -> None:
+    """Every proper prefix of a blob is rejected with DecryptError."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    blob = w.encrypt(b"payload")
+    for n in range(len(blob)):
+        with pytest.raises(oplog.DecryptError):
+            w.decrypt(blob[:n])
+
+
+def test_wrong_key_and_unknown_key_id_raise_decrypt_error() -> None:
+    """A different key, or a blob naming a key the wrapper does not have, is a DecryptError."""
+    blob = oplog.AeadWrapper(KEY, "k1").encrypt(b"x")
+    with pytest.raises(oplog.DecryptError, match="authentication failed"):
+        oplog.AeadWrapper(bytes(32), "k1").decrypt(blob)
+    with pytest.raises(oplog.DecryptError, match="'k1', not 'k2'"):
+        oplog.AeadWrapper(KEY, "k2").decrypt(blob)
+    with pytest.raises(oplog.DecryptError, match="unknown key id 'k1'"):
+        oplog.MultiWrapper(oplog.AeadWrapper(KEY, "k2")).decrypt(blob)
+
+
+def test_non_blob_input_raises_decrypt_error() -> None:
+    """Garbage, a wrapped-key blob, or a str is a DecryptError."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    with pytest.raises(oplog.DecryptError):
+        w.decrypt(b"\xff\xff\xff")
+    with pytest.raises(oplog.DecryptError, match="wrapped"):
+        w.decrypt(BlobInfo(wrapped=True).SerializeToString())
+    with pytest.raises(oplog.DecryptError, match="bytes"):
+        w.decrypt("text")  # type: ignore[arg-type]
+
+
+def test_multi_wrapper_rotates_keys() -> None:
+    """MultiWrapper encrypts with the primary and decrypts blobs of every key it holds."""
+    old = oplog.AeadWrapper.generate("2025")
+    new = oplog.AeadWrapper.generate("2026")
+    old_blob = old.encrypt(b"old entry")
+    rotated = oplog.MultiWrapper(new, old)
+    new_blob = rotated.encrypt(b"new entry")
+    assert blob_key_id(new_blob) == "2026"
+    assert rotated.key_id == "2026"
+    assert rotated.key_ids == ["2026", "2025"]
+    assert rotated.decrypt(old_blob) == b"old entry"
+    assert rotated.decrypt(new_blob) == b"new entry"
+    with pytest.raises(oplog.DecryptError):
+        old.decrypt(new_blob)
+    with pytest.raises(oplog.InvalidParameterError, match="2026"):
+        oplog.MultiWrapper(new, oplog.AeadWrapper.generate("2026"))
+
+
+def test_keys_never_appear_in_repr_errors_or_pickles() -> None:
+    """repr shows only key ids; bad keys are described by length; wrappers do not pickle."""
+    secret = bytes(range(100, 132))
+    w = oplog.AeadWrapper(secret, "k1")
+    for text in (repr(w), repr(oplog.MultiWrapper(w)), str(w)):
+        assert secret.hex() not in text
+        assert repr(secret) not in text
+    with pytest.raises(oplog.InvalidParameterError) as info:
+        oplog.AeadWrapper(secret[:31], "k1")
+    assert "31" in str(info.value)
+    assert repr(secret[:31]) not in str(info.value)
+    with pytest.raises(TypeError, match="secret"):
+        pickle.dumps(w)
+
+
+@pytest.mark.parametrize(
+    ("key", "key_id"), [(b"short", "k"), (bytes(32), ""), ("x" * 32, "k"), (bytes(32), None)]
+)
+def test_invalid_keys_and_ids_are_rejected(key: Any, key_id: Any) -> None:
+    """Keys are 32 bytes and key ids non-empty strings."""
+    with pytest.raises(oplog.InvalidParameterError):
+        oplog.AeadWrapper(key, key_id)
