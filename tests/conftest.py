@@ -77,8 +77,11 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 @pytest.fixture
-def connect(dsn: str) -> Iterator[Callable[..., psycopg.Connection[Any]]]:
-    """Opens more connections to the module's database; all are closed after the test."""
+def connect(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> Iterator[Callable[..., psycopg.Connection[Any]]]:
+    """Opens more connections to the module's database (emptied first, through `conn`); all
+    are closed after the test."""
     opened: list[psycopg.Connection[Any]] = []
 
     def _connect(**kwargs: Any) -> psycopg.Connection[Any]:
