@@ -17,8 +17,10 @@ test: setup lint test-rust bench-smoke test-python
 test-rust:
 	cargo test --quiet
 
+# The whole suite on the embedded PostgreSQL 16, then the database tests on Debian's 15.
 test-python:
 	$(PY) -m pytest $(PYTEST_ARGS)
+	OPLOG_TEST_SERVER=pg15 $(PY) -m pytest -m db $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check python tests benches scripts

@@ -33,6 +33,14 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test that uses the database `db`, so `-m db` selects them."""
+    for item in items:
+        if "pg" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
 _TEMPLATE = "oplog_template"
 
 

@@ -67,11 +67,11 @@ def reset(conn: psycopg.Connection[Any]) -> None:
 
 def rows(conn: psycopg.Connection[Any], table: str, order: str = "1") -> list[tuple[Any, ...]]:
     """Every row of `table` (a trusted test table name), ordered."""
-    return conn.execute(f"select * from {table} order by {order}").fetchall()  # type: ignore[arg-type]
+    return conn.execute(f"select * from {table} order by {order}").fetchall()
 
 
 def count(conn: psycopg.Connection[Any], table: str) -> int:
     """The row count of `table` (a trusted test table name)."""
-    row = conn.execute(f"select count(*) from {table}").fetchone()  # type: ignore[arg-type]
+    row = conn.execute(f"select count(*) from {table}").fetchone()
     assert row is not None
     return int(row[0])

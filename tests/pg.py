@@ -92,9 +92,9 @@ def _pgserver() -> Iterator[Server]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (as it is under CI); harmless.
         warnings.simplefilter("ignore")
-        import pgserver
+        from pgserver.postgres_server import get_server
 
-        server = pgserver.get_server(root, cleanup_mode="delete")
+        server = get_server(root, cleanup_mode="delete")
     try:
         yield Server(server.get_uri(), "pgserver")
     finally:

@@ -173,7 +173,9 @@ def test_replay_reproduces_the_tables(conn: psycopg.Connection[Any], log: oplog.
     _create_user(conn, log, "Bob")
     change = TestUser(id=alice.id, name="Alicia")
     writer.update(change, ["name"], ["email"])
-    log.write(conn, "users", [oplog.Operation(change, "user", oplog.OpType.UPDATE, ("name",), ("email",))])
+    log.write(
+        conn, "users", [oplog.Operation(change, "user", oplog.OpType.UPDATE, ("name",), ("email",))]
+    )
     cars = [TestCar(model="T"), TestCar(model="S")]
     writer.create_items(cars)
     log.write(conn, "cars", [oplog.Operation(c, "car", oplog.OpType.CREATE_ITEMS) for c in cars])
@@ -211,9 +213,7 @@ def test_hostile_suffixes_are_quoted_or_rejected(
     assert count(conn, "users") == 1
 
 
-def test_run_in_transaction_commits_and_retries_conflicts(
-    connect: Any, log: oplog.Oplog
-) -> None:
+def test_run_in_transaction_commits_and_retries_conflicts(connect: Any, log: oplog.Oplog) -> None:
     """run_in_transaction commits fn's work; on a conflict it rolls back and runs fn again."""
     # REPEATABLE READ: the snapshot taken by fn's first statement still shows the old ticket
     # after another writer commits, so the redeem detects the conflict.

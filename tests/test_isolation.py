@@ -188,7 +188,11 @@ def _settle(fut: Future[None], pid: int, monitor: psycopg.Connection[Any]) -> bo
 
 
 def run_real(
-    dsn: str, monitor: psycopg.Connection[Any], order: tuple[str, ...], iso: IsolationLevel, lock: str
+    dsn: str,
+    monitor: psycopg.Connection[Any],
+    order: tuple[str, ...],
+    iso: IsolationLevel,
+    lock: str,
 ) -> Outcome:
     """Runs the permutation against the server."""
     sessions = {n: _Session(dsn, n, iso, lock) for n in "AB"}
@@ -207,8 +211,10 @@ def run_real(
                 pending[name] = fut
             for other in "AB":
                 waiting = pending[other]
-                if other != name and waiting is not None and _settle(
-                    waiting, sessions[other].pid, monitor
+                if (
+                    other != name
+                    and waiting is not None
+                    and _settle(waiting, sessions[other].pid, monitor)
                 ):
                     pending[other] = None
         if any(pending.values()):
@@ -222,7 +228,9 @@ def run_real(
             session.close()
     if not valid:
         return Outcome(valid=False)
-    row = monitor.execute("select version from oplog_ticket where name = %s", (AGGREGATE,)).fetchone()
+    row = monitor.execute(
+        "select version from oplog_ticket where name = %s", (AGGREGATE,)
+    ).fetchone()
     assert row is not None
     out = Outcome(valid=True, ticket_version=int(row[0]), entries=count(monitor, "oplog_entry"))
     for name, session in sessions.items():
@@ -233,7 +241,11 @@ def run_real(
     return out
 
 
-LEVELS = [IsolationLevel.READ_COMMITTED, IsolationLevel.REPEATABLE_READ, IsolationLevel.SERIALIZABLE]
+LEVELS = [
+    IsolationLevel.READ_COMMITTED,
+    IsolationLevel.REPEATABLE_READ,
+    IsolationLevel.SERIALIZABLE,
+]
 
 
 @pytest.mark.parametrize("lock", ["optimistic", "pessimistic"])
@@ -259,7 +271,9 @@ def test_every_interleaving_matches_the_model(
     # isolation tester; the model predicted which, permutation by permutation.)
     assert len(valid) >= 8
     # Some interleavings have a loser in optimistic mode; pessimistic RC never loses.
-    losers = [o for o in valid if "conflict at w" in o.ends.values() or "conflict at g" in o.ends.values()]
+    losers = [
+        o for o in valid if "conflict at w" in o.ends.values() or "conflict at g" in o.ends.values()
+    ]
     if lock == "pessimistic" and iso == IsolationLevel.READ_COMMITTED:
         assert losers == []
     else:

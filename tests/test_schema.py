@@ -121,9 +121,7 @@ def _write_entry(conn: psycopg.Connection[Any]) -> int:
         "update oplog_metadata set key = key",
     ],
 )
-def test_entries_and_metadata_are_immutable(
-    conn: psycopg.Connection[Any], statement: str
-) -> None:
+def test_entries_and_metadata_are_immutable(conn: psycopg.Connection[Any], statement: str) -> None:
     """Updating any column of an entry or metadata row is rejected by the database."""
     _write_entry(conn)
     conn.commit()

@@ -50,7 +50,10 @@ def test_our_blobs_have_the_go_layout() -> None:
     w = oplog.AeadWrapper(KEY, "k1")
     blob = w.encrypt(b"hello")
     info = BlobInfo.FromString(blob)
-    assert blob == BlobInfo(ciphertext=info.ciphertext, key_info=KeyInfo(key_id="k1")).SerializeToString()
+    assert (
+        blob
+        == BlobInfo(ciphertext=info.ciphertext, key_info=KeyInfo(key_id="k1")).SerializeToString()
+    )
     assert blob[0] == 0x0A
     assert blob.endswith(bytes.fromhex("2a041a026b31"))
     assert len(info.ciphertext) == 12 + 5 + 16

@@ -155,9 +155,7 @@ def test_create_items_and_delete_items_batch(w: oplog.Writer) -> None:
         (lambda w: w.create(TestUser(), table="x" * 64), "63 bytes"),
     ],
 )
-def test_invalid_writes_raise_invalid_parameter(
-    w: oplog.Writer, call: Any, match: str
-) -> None:
+def test_invalid_writes_raise_invalid_parameter(w: oplog.Writer, call: Any, match: str) -> None:
     """Bad arguments raise InvalidParameterError before any SQL runs."""
     with pytest.raises(oplog.InvalidParameterError, match=match):
         call(w)

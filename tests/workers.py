@@ -1,0 +1,42 @@
+"""Code that runs in worker processes of the stress and fault tests (importable after spawn)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import psycopg
+
+import oplog
+from oplog.proto.oplog_test_pb2 import TestUser
+from tests.db import CATALOG, WRAPPER
+
+
+def write_many(
+    dsn: str, worker: int, writes: int, aggregates: list[str], lock: str
+) -> dict[str, int]:
+    """Writes `writes` (data row + entry) units through run_in_transaction; returns counts."""
+    log = oplog.Oplog(WRAPPER, CATALOG, lock=lock)  # type: ignore[arg-type]
+    rng = random.Random(worker)
+    retries = 0
+
+    def count_retry(attempt: int, conflict: oplog.TicketConflictError) -> None:
+        nonlocal retries
+        retries += 1
+
+    with psycopg.connect(dsn) as conn:
+        for i in range(writes):
+            name = f"w{worker}-{i}"
+            aggregate = rng.choice(aggregates)
+
+            def unit(
+                c: psycopg.Connection[Any], name: str = name, aggregate: str = aggregate
+            ) -> None:
+                user = TestUser(name=name)
+                oplog.Writer(c, CATALOG).create(user)
+                log.write(c, aggregate, [oplog.Operation(user, "user", oplog.OpType.CREATE)])
+
+            oplog.run_in_transaction(
+                conn, unit, retries=1000, backoff=0.001, max_backoff=0.05, on_retry=count_retry
+            )
+    return {"writes": writes, "retries": retries}
