@@ -83,16 +83,18 @@ def test_optimistic_readers_both_read_and_the_second_redeem_conflicts(connect: C
 
 
 def test_pessimistic_reader_waits_for_the_holder(connect: Connect) -> None:
-    """With lock='pessimistic' the second reader blocks until the first commits, then reads
-    the new version, so its redeem succeeds without a retry."""
+    """With lock='pessimistic' (set on the ticketer or per read) the second reader blocks until
+    the first commits, then reads the new version, so its redeem succeeds without a retry."""
     setup = connect(autocommit=True)
     oplog.Ticketer(setup).init_ticket("users")
     a, b = connect(), connect()
     ta = oplog.Ticketer(a, lock="pessimistic")
-    tb = oplog.Ticketer(b, lock="pessimistic")
+    tb = oplog.Ticketer(b)
     ticket_a = ta.get_ticket("users")
     seen: list[oplog.Ticket] = []
-    reader = threading.Thread(target=lambda: seen.append(tb.get_ticket("users")))
+    reader = threading.Thread(
+        target=lambda: seen.append(tb.get_ticket("users", lock="pessimistic"))
+    )
     reader.start()
     time.sleep(0.3)
     assert seen == [], "the second reader must be blocked by FOR UPDATE"

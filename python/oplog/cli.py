@@ -1,102 +1,633 @@
-"""The ``oplog`` command.
+"""The ``oplog`` command: inspect, verify and replay an operation log, and run the demo.
 
-Only ``demo`` exists so far: it shows the queue codec working end to end (the database commands
-arrive with the database layer).
+Database: ``--dsn`` or ``OPLOG_DSN``; with neither, an embedded PostgreSQL in ``--data-dir``
+(default ``$XDG_DATA_HOME/oplog/pgdata``), started on demand and left running for later runs.
+Keys: ``--key-file`` or ``OPLOG_KEY_FILE`` (default ``$XDG_DATA_HOME/oplog/keys.json``).
+
+Exit codes: 0 success; 1 verification found a problem; 2 usage error; 3 database unreachable
+(or the embedded server failed); 4 key file missing or wrong, or an entry does not decrypt;
+5 the database has no oplog tables (run ``oplog migrate``); 6 no such entry; 7 the ``--types``
+module or catalog cannot be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import psycopg
+from google.protobuf.json_format import MessageToDict
+from psycopg import sql
 
 import oplog
-from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
-from oplog.queue import Version
+from oplog import _core, embedded, keyfile, schema
+from oplog.entry import Entry
+from oplog.replay import tables_equal
+
+EXIT_OK = 0
+EXIT_VERIFY = 1
+EXIT_USAGE = 2
+EXIT_DB = 3
+EXIT_KEY = 4
+EXIT_SCHEMA = 5
+EXIT_NOT_FOUND = 6
+EXIT_TYPES = 7
 
 
-def _catalog() -> oplog.TypeCatalog:
-    catalog = oplog.TypeCatalog()
-    catalog.register("user", TestUser, table="users")
-    catalog.register("car", TestCar, table="cars")
-    catalog.register("rental", TestRental, table="rentals", primary_key=("user_id", "car_id"))
-    return catalog
+class CommandError(Exception):
+    """A failure reported as one line on stderr with an exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _demo_operations(count: int) -> list[oplog.Operation]:
-    ops: list[oplog.Operation] = []
-    for i in range(count):
-        user = TestUser(id=i + 1, name=f"user {i}", email=f"user{i}@example.com")
-        car = TestCar(id=i + 1, model="Model T", mpg=25)
-        ops += [
-            oplog.Operation(user, "user", oplog.OpType.CREATE),
-            oplog.Operation(car, "car", oplog.OpType.CREATE),
-            oplog.Operation(TestRental(user_id=i + 1, car_id=i + 1), "rental", oplog.OpType.CREATE),
-            oplog.Operation(
-                TestUser(id=i + 1, phone_number="555-0100"),
-                "user",
-                oplog.OpType.UPDATE,
-                ("PhoneNumber",),
-                ("email",),
-            ),
+def _fail(code: int, message: str) -> NoReturn:
+    raise CommandError(code, message)
+
+
+# --- context ------------------------------------------------------------------------------------
+
+
+class Context:
+    """What every command needs, resolved lazily from the arguments and the environment."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: TextIO = sys.stdout
+        self.json: bool = bool(getattr(args, "json", False))
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.args.data_dir) if self.args.data_dir else embedded.default_data_dir()
+
+    @property
+    def key_file(self) -> Path:
+        chosen = self.args.key_file or os.environ.get("OPLOG_KEY_FILE")
+        if chosen:
+            return Path(chosen)
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "oplog" / "keys.json"
+
+    def dsn(self) -> str:
+        dsn = self.args.dsn or os.environ.get("OPLOG_DSN")
+        if dsn:
+            return str(dsn)
+        try:
+            return embedded.ensure_running(self.data_dir)
+        except embedded.EmbeddedServerError as exc:
+            _fail(EXIT_DB, str(exc))
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        dsn = self.dsn()
+        if self.args.search_path:
+            kwargs["options"] = "-c search_path=" + self.args.search_path.replace(" ", "")
+        try:
+            return psycopg.connect(dsn, connect_timeout=10, **kwargs)
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _fail(EXIT_DB, f"cannot connect to the database: {first}")
+
+    def migrated(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        if not schema.applied_versions(conn):
+            _fail(EXIT_SCHEMA, "the database has no oplog tables: run `oplog migrate` first")
+        return conn
+
+    def wrapper(self) -> oplog.MultiWrapper:
+        try:
+            return keyfile.load_wrapper(self.key_file)
+        except keyfile.KeyFileError as exc:
+            _fail(EXIT_KEY, str(exc))
+
+    def catalog(self) -> oplog.TypeCatalog | None:
+        spec = self.args.types
+        if not spec:
+            return None
+        module_name, _, attribute = spec.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attribute or "CATALOG")
+        except (ImportError, AttributeError, ValueError) as exc:
+            _fail(EXIT_TYPES, f"cannot load --types {spec}: {type(exc).__name__}: {exc}")
+        if not isinstance(found, oplog.TypeCatalog):
+            _fail(EXIT_TYPES, f"--types {spec} is a {type(found).__name__}, not a TypeCatalog")
+        return found
+
+    def emit(self, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+        if self.json:
+            for row in rows:
+                self.out.write(json.dumps(row, default=str) + "\n")
+            return
+        _table(self.out, rows, columns)
+
+
+def _table(out: TextIO, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    out.write("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    for r in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={','.join(v) if v else ''}" for k, v in value.items())
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat(timespec="seconds"))
+    return str(value)
+
+
+class Progress:
+    """A progress bar with rate and ETA on stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.start = time.monotonic()
+        self.enabled = sys.stderr.isatty() and total > 0
+        self.shown = 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self.shown > 0.1 or self.done == self.total):
+            self.shown = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+                f" {rate:.0f}/s ETA {eta:.0f}s"
+            )
+            if self.done == self.total:
+                sys.stderr.write("\n")
+
+
+# --- operations without a catalog ---------------------------------------------------------------
+
+
+def _describe_ops(entry: Entry, catalog: oplog.TypeCatalog | None) -> list[dict[str, Any]]:
+    """The entry's operations: decoded with the catalog, or from the envelope alone."""
+    if catalog is not None:
+        return [
+            {
+                "type": op.type_name,
+                "op": op.op_type.name,
+                "field_mask": list(op.field_mask),
+                "null_paths": list(op.null_paths),
+                "message": MessageToDict(op.message, preserving_proto_field_name=True),
+            }
+            for op in entry.unmarshal_data(catalog)
         ]
-    return ops
+    raw, _ = _core.decode_operations(entry.data, 0, None)
+    return [
+        {
+            "type": type_name,
+            "op": oplog.OpType(op_type).name,
+            "field_mask": list(mask),
+            "null_paths": list(nulls),
+            "value_bytes": len(value),
+        }
+        for type_name, value, op_type, mask, nulls, _options, _offset in raw
+    ]
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Encodes a small domain's operations in both formats, decodes them, and checks the result."""
-    catalog = _catalog()
-    out = sys.stdout
-    small = _demo_operations(1)
-    versions: tuple[Version, ...] = ("v2", "v1")
-    for version in versions:
-        q = oplog.Queue(version=version)
-        q.extend(op if version == "v2" else op._replace(null_paths=()) for op in small)
-        data = bytes(q)
-        out.write(f"{version} queue of {len(small)} operations: {len(data)} bytes\n")
-        for op in oplog.Queue(data, catalog=catalog):
-            masks = f" mask={list(op.field_mask)}" if op.field_mask else ""
-            nulls = f" null={list(op.null_paths)}" if op.null_paths else ""
-            fields = ", ".join(f"{f.name}={v!r}" for f, v in op.message.ListFields())
-            out.write(f"  {op.op_type.name:<6} {op.type_name:<6} {{{fields}}}{masks}{nulls}\n")
+def _entries(
+    ctx: Context, conn: psycopg.Connection[Any], ids: list[int] | None = None
+) -> Iterator[tuple[Entry | None, int, str | None]]:
+    """(entry, id, error) for every stored entry, decrypting each; errors do not stop it."""
+    wrapper = ctx.wrapper()
+    query = "select id, create_time, version, aggregate_name, data, key_id from oplog_entry"
+    params: tuple[Any, ...] = ()
+    if ids is not None:
+        query += " where id = any(%s)"
+        params = (ids,)
+    with conn.cursor(name="oplog_entries") as cur:
+        cur.itersize = 500
+        cur.execute((query + " order by id").encode(), params)
+        for id_, create_time, version, name, data, key_id in cur:
+            entry = Entry.from_row(
+                id=id_, create_time=create_time, version=version, aggregate_name=name,
+                data=bytes(data), key_id=key_id, metadata={}, wrapper=wrapper,
+            )  # fmt: skip
+            try:
+                entry.decrypt_data()
+            except oplog.DecryptError as exc:
+                yield None, id_, f"does not decrypt: {exc}"
+                continue
+            yield entry, id_, None
 
-    ops = _demo_operations(args.count // 4)
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_demo(ctx: Context) -> int:
+    """Runs the demo: migrate, write (with a ticket race), read, replay, verify."""
+    from oplog import demo
+
+    if not ctx.key_file.exists():
+        keyfile.add_key(ctx.key_file, keyfile.new_key_id())
+        sys.stderr.write(f"oplog: created key file {ctx.key_file}\n")
+    wrapper = ctx.wrapper()
+    dsn = ctx.dsn()
+    given = ctx.args.dsn or os.environ.get("OPLOG_DSN")
+    where = "the given DSN" if given else f"embedded PostgreSQL in {ctx.data_dir}"
+    out = sys.stdout if not ctx.json else open(os.devnull, "w")  # noqa: SIM115
+    out.write(f"oplog demo on {where}\n")
     start = time.perf_counter()
-    q = oplog.Queue()
-    q.extend(ops)
-    data = bytes(q)
-    encoded = time.perf_counter()
-    decoded = list(oplog.Queue(data, catalog=catalog))
-    done = time.perf_counter()
-    if decoded != ops:
-        out.write("round trip FAILED: decoded operations differ\n")
-        return 1
-    n = len(ops)
-    out.write(
-        f"{n} operations ({len(data) / 1e6:.1f} MB): encoded in {(encoded - start) * 1e3:.0f} ms "
-        f"({(encoded - start) / n * 1e9:.0f} ns/op), decoded in {(done - encoded) * 1e3:.0f} ms "
-        f"({(done - encoded) / n * 1e9:.0f} ns/op); round trip exact\n"
+    try:
+        summary = demo.run(lambda: _connect_dsn(dsn), wrapper, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    total = time.perf_counter() - start
+    if ctx.json:
+        ctx.out.write(json.dumps({**dataclasses.asdict(summary), "total_seconds": total}) + "\n")
+    else:
+        timings = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in summary.seconds.items())
+        ctx.out.write(
+            f"summary: {summary.entries_written} entries written ({summary.conflicts} conflict "
+            f"retried), {summary.entries_in_log} in the log, {summary.entries_replayed} replayed, "
+            f"tables equal: {', '.join(summary.tables_equal) or 'none'}\n"
+            f"timings: {timings}; total {total:.2f} s\n"
+        )
+    return EXIT_OK if not summary.tables_differing else EXIT_VERIFY
+
+
+def _connect_dsn(dsn: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(dsn, connect_timeout=10)
+
+
+def cmd_migrate(ctx: Context) -> int:
+    """Applies (or with --down reverts) the bundled migrations."""
+    with ctx.connect(autocommit=True) as conn:
+        if ctx.args.down:
+            versions = oplog.migrate_down(conn, target=ctx.args.target or 0)
+            verb = "reverted"
+        else:
+            versions = oplog.migrate(conn, target=ctx.args.target)
+            verb = "applied"
+        current = schema.applied_versions(conn)
+    if ctx.json:
+        ctx.out.write(json.dumps({verb: versions, "current": current}) + "\n")
+    else:
+        at = current[-1] if current else 0
+        ctx.out.write(f"{verb} {versions or 'nothing'}; schema at version {at}\n")
+    return EXIT_OK
+
+
+def cmd_ls(ctx: Context) -> int:
+    """Lists entries (filters: aggregate, after id, limit, metadata key=value)."""
+    conditions = [sql.SQL("e.id > %s")]
+    params: list[Any] = [ctx.args.after]
+    if ctx.args.aggregate:
+        conditions.append(sql.SQL("e.aggregate_name = %s"))
+        params.append(ctx.args.aggregate)
+    for item in ctx.args.metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(EXIT_USAGE, f"--metadata takes key=value, not {item!r}")
+        conditions.append(
+            sql.SQL(
+                "exists (select 1 from oplog_metadata m where m.entry_id = e.id"
+                " and m.key = %s and m.value = %s)"
+            )
+        )
+        params += [key, value]
+    query = sql.SQL("select e.id from oplog_entry e where {} order by e.id{}").format(
+        sql.SQL(" and ").join(conditions),
+        sql.SQL(" limit %s") if ctx.args.limit is not None else sql.SQL(""),
     )
-    return 0
+    if ctx.args.limit is not None:
+        params.append(ctx.args.limit)
+    with ctx.connect() as conn:
+        ctx.migrated(conn)
+        ids = [r[0] for r in conn.execute(query, params).fetchall()]
+        metadata = _metadata(conn, ids)
+        rows = []
+        for entry, id_, error in _entries(ctx, conn, ids):
+            if entry is None:
+                _fail(EXIT_KEY, f"entry {id_} {error}")
+            rows.append(
+                {
+                    "id": entry.id,
+                    "created": entry.create_time,
+                    "aggregate": entry.aggregate_name,
+                    "version": entry.version,
+                    "key_id": entry.key_id,
+                    "ops": len(_core.decode_operations(entry.data, 0, None)[0]),
+                    "bytes": len(entry.data),
+                    "metadata": metadata.get(id_, {}),
+                }
+            )
+    ctx.emit(rows, ["id", "created", "aggregate", "version", "key_id", "ops", "bytes", "metadata"])
+    return EXIT_OK
+
+
+def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, dict[str, list[str]]]:
+    out: dict[int, dict[str, list[str]]] = {}
+    for entry_id, key, value in conn.execute(
+        "select entry_id, key, value from oplog_metadata where entry_id = any(%s) order by id",
+        (ids,),
+    ).fetchall():
+        values = out.setdefault(entry_id, {}).setdefault(key, [])
+        if value is not None:
+            values.append(value)
+    return out
+
+
+def cmd_show(ctx: Context) -> int:
+    """Shows one entry and its operations."""
+    catalog = ctx.catalog()
+    with ctx.connect() as conn:
+        ctx.migrated(conn)
+        found = list(_entries(ctx, conn, [ctx.args.id]))
+        if not found:
+            _fail(EXIT_NOT_FOUND, f"no entry with id {ctx.args.id}")
+        entry, id_, error = found[0]
+        if entry is None:
+            _fail(EXIT_KEY, f"entry {id_} {error}")
+        metadata = _metadata(conn, [id_]).get(id_, {})
+    try:
+        ops = _describe_ops(entry, catalog)
+    except (oplog.DecodeError, oplog.UnknownTypeError) as exc:
+        _fail(EXIT_VERIFY, f"entry {id_} does not decode: {exc}")
+    head = {
+        "id": entry.id,
+        "created": entry.create_time,
+        "aggregate": entry.aggregate_name,
+        "version": entry.version,
+        "key_id": entry.key_id,
+        "metadata": metadata,
+        "operations": ops,
+    }
+    if ctx.json:
+        ctx.out.write(json.dumps(head, default=str) + "\n")
+        return EXIT_OK
+    for key in ("id", "created", "aggregate", "version", "key_id", "metadata"):
+        ctx.out.write(f"{key + ':':<11}{_cell(head[key])}\n")
+    for i, op in enumerate(ops):
+        detail = op.get("message", f"{op.get('value_bytes')} bytes")
+        masks = f" mask={op['field_mask']}" if op["field_mask"] else ""
+        nulls = f" null={op['null_paths']}" if op["null_paths"] else ""
+        ctx.out.write(f"  [{i}] {op['op']} {op['type']}{masks}{nulls} {detail}\n")
+    return EXIT_OK
+
+
+def cmd_verify(ctx: Context) -> int:
+    """Decrypts and decodes every entry; with --replay also replays into fresh tables (in a
+    transaction that is rolled back) and compares them with the live tables."""
+    catalog = ctx.catalog()
+    if ctx.args.replay and catalog is None:
+        _fail(EXIT_USAGE, "verify --replay needs --types to know the tables")
+    problems: list[dict[str, Any]] = []
+    checked = 0
+    with ctx.connect() as conn:
+        ctx.migrated(conn)
+        total = _count(conn)
+        progress = Progress("verify", total)
+        for entry, id_, error in _entries(ctx, conn):
+            checked += 1
+            progress.step()
+            if entry is not None:
+                try:
+                    _describe_ops(entry, catalog)
+                except (oplog.DecodeError, oplog.UnknownTypeError) as exc:
+                    error = f"does not decode: {exc}"
+            if error:
+                problems.append({"entry": id_, "problem": error})
+        conn.rollback()
+        if ctx.args.replay and catalog is not None and not problems:
+            problems += _replay_and_compare(ctx, conn, catalog, total)
+    for problem in problems:
+        where = f"entry {problem['entry']}" if "entry" in problem else f"table {problem['table']}"
+        sys.stderr.write(f"oplog: {where}: {problem['problem']}\n")
+    result = {"entries": checked, "problems": len(problems), "ok": not problems}
+    if ctx.json:
+        for problem in problems:
+            ctx.out.write(json.dumps(problem) + "\n")
+        ctx.out.write(json.dumps(result) + "\n")
+    else:
+        ctx.out.write(
+            f"verified {checked} entries: "
+            + ("all decrypt and decode" if not problems else f"{len(problems)} problem(s)")
+            + (" and replay to equal tables" if ctx.args.replay and not problems else "")
+            + "\n"
+        )
+    return EXIT_OK if not problems else EXIT_VERIFY
+
+
+def _count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select count(*) from oplog_entry").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _replay_and_compare(
+    ctx: Context, conn: psycopg.Connection[Any], catalog: oplog.TypeCatalog, total: int
+) -> list[dict[str, Any]]:
+    suffix = "_oplog_verify"
+    log = oplog.Oplog(ctx.wrapper(), catalog)
+    writer = oplog.Writer(conn, catalog)
+    tables = sorted({catalog.table_of(catalog.get(name)).name for name in catalog})
+    problems: list[dict[str, Any]] = []
+    with conn.transaction(force_rollback=True):
+        for table in tables:
+            if writer.has_table(table):
+                writer.drop_table_if_exists(table + suffix)
+                writer.create_table_like(table, table + suffix)
+        progress = Progress("replay", total)
+        replayer = oplog.Replayer(writer, suffix)
+        for entry in log.read(conn):
+            replayer.apply(entry.unmarshal_data(catalog))
+            progress.step()
+        for table in tables:
+            if writer.has_table(table) and not tables_equal(conn, table, table + suffix):
+                problems.append({"table": table, "problem": "replay does not reproduce it"})
+    return problems
+
+
+def cmd_replay(ctx: Context) -> int:
+    """Replays every entry (after --after) into <table><suffix> tables and commits."""
+    catalog = ctx.catalog()
+    if catalog is None:
+        _fail(EXIT_USAGE, "replay needs --types to know the message types and tables")
+    with ctx.connect() as conn:
+        ctx.migrated(conn)
+        log = oplog.Oplog(ctx.wrapper(), catalog)
+        replayer = oplog.Replayer(oplog.Writer(conn, catalog), ctx.args.suffix)
+        progress = Progress("replay", _count(conn))
+        count = 0
+        try:
+            with conn.transaction():
+                for entry in log.read(conn, after_id=ctx.args.after):
+                    replayer.apply(entry.unmarshal_data(catalog))
+                    count += 1
+                    progress.step()
+        except oplog.DecryptError as exc:
+            _fail(EXIT_KEY, f"an entry does not decrypt: {exc}")
+    if ctx.json:
+        ctx.out.write(json.dumps({"replayed": count, "suffix": ctx.args.suffix}) + "\n")
+    else:
+        ctx.out.write(f"replayed {count} entries into tables with suffix {ctx.args.suffix!r}\n")
+    return EXIT_OK
+
+
+def cmd_stats(ctx: Context) -> int:
+    """Entries per aggregate, sizes, key ids in use, ticket versions."""
+    with ctx.connect() as conn:
+        ctx.migrated(conn)
+        aggregates = conn.execute(
+            "select aggregate_name, count(*), sum(length(data)), min(id), max(id)"
+            " from oplog_entry group by 1 order by 1"
+        ).fetchall()
+        keys = conn.execute(
+            "select key_id, count(*) from oplog_entry group by 1 order by 1"
+        ).fetchall()
+        tickets = conn.execute("select name, version from oplog_ticket order by name").fetchall()
+    rows: list[dict[str, Any]] = [
+        {"kind": "aggregate", "name": a, "entries": n, "bytes": b, "first_id": lo, "last_id": hi}
+        for a, n, b, lo, hi in aggregates
+    ]
+    rows += [{"kind": "key", "name": k, "entries": n} for k, n in keys]
+    rows += [{"kind": "ticket", "name": t, "version": v} for t, v in tickets]
+    ctx.emit(rows, ["kind", "name", "entries", "bytes", "first_id", "last_id", "version"])
+    return EXIT_OK
+
+
+def cmd_keygen(ctx: Context) -> int:
+    """Writes a new key file, or adds a new primary key to one (--add)."""
+    path = ctx.key_file
+    if path.exists() and not ctx.args.add and not ctx.args.force:
+        _fail(EXIT_KEY, f"{path} exists: --add a new primary key, or --force to replace it")
+    key_id = ctx.args.key_id or keyfile.new_key_id()
+    try:
+        keyfile.add_key(path, key_id, replace=bool(ctx.args.force))
+        ids = ctx.wrapper().key_ids
+    except (keyfile.KeyFileError, oplog.InvalidParameterError) as exc:
+        _fail(EXIT_KEY, str(exc))
+    if ctx.json:
+        ctx.out.write(json.dumps({"key_file": str(path), "primary": key_id, "key_ids": ids}) + "\n")
+    else:
+        ctx.out.write(f"wrote {path} (mode 0600): primary key {key_id!r}; keys {ids}\n")
+    return EXIT_OK
+
+
+def cmd_server(ctx: Context) -> int:
+    """Shows or stops the embedded server."""
+    try:
+        if ctx.args.action == "stop":
+            stopped = embedded.stop(ctx.data_dir)
+            state = {"data_dir": str(ctx.data_dir), "stopped": stopped}
+            text = (
+                f"stopped the server in {ctx.data_dir}" if stopped else "the server was not running"
+            )
+        else:
+            st = embedded.status(ctx.data_dir)
+            state = {
+                "data_dir": str(st.data_dir),
+                "initialized": st.initialized,
+                "running": st.running,
+                "pid": st.pid,
+                "uri": st.uri,
+            }
+            text = (
+                f"running (pid {st.pid}) in {st.data_dir}: {st.uri}"
+                if st.running
+                else f"not running; data directory {st.data_dir} "
+                + ("exists" if st.initialized else "is not initialized")
+            )
+    except embedded.EmbeddedServerError as exc:
+        _fail(EXIT_DB, str(exc))
+    ctx.out.write((json.dumps(state) if ctx.json else text) + "\n")
+    return EXIT_OK
+
+
+# --- parser -------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oplog`` command."""
-    parser = argparse.ArgumentParser(prog="oplog", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", help="PostgreSQL connection string (default: $OPLOG_DSN)")
+    common.add_argument("--data-dir", help="embedded server data directory")
+    common.add_argument("--key-file", help="key file (default: $OPLOG_KEY_FILE)")
+    common.add_argument("--types", help="package.module:catalog naming a TypeCatalog")
+    common.add_argument("--json", action="store_true", help="one JSON object per line")
+    common.add_argument(
+        "--search-path", help="schemas to find tables in, e.g. oplog_demo,public (for the demo's)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="oplog",
+        description="Inspect, verify and replay an oplog.",
+        epilog=(
+            "exit codes: 0 ok, 1 verification problem, 2 usage, 3 database unreachable, "
+            "4 key problem, 5 not migrated, 6 no such entry, 7 --types not loadable"
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"oplog {oplog.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="show the queue codec working end to end")
-    p.add_argument("--count", type=int, default=100_000, help="operations in the timed round trip")
-    p.set_defaults(run=demo)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[Context], int], help_: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, parents=[common], help=help_, description=fn.__doc__)
+        p.set_defaults(run=fn)
+        return p
+
+    add("demo", cmd_demo, "run the demo: write, race, read, replay, verify")
+    p = add("migrate", cmd_migrate, "apply the bundled migrations")
+    p.add_argument("--down", action="store_true", help="revert instead")
+    p.add_argument("--target", type=int, help="stop at this version")
+    p = add("ls", cmd_ls, "list entries")
+    p.add_argument("--aggregate", help="only this aggregate")
+    p.add_argument("--after", type=int, default=0, help="only ids after this one")
+    p.add_argument("--limit", type=int, help="at most this many")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata filter")
+    p = add("show", cmd_show, "show one entry")
+    p.add_argument("id", type=int)
+    p = add("verify", cmd_verify, "decrypt and decode every entry")
+    p.add_argument("--replay", action="store_true", help="also replay and compare tables")
+    p = add("replay", cmd_replay, "replay entries into suffix tables")
+    p.add_argument("--suffix", default="_replay", help="table name suffix (default _replay)")
+    p.add_argument("--after", type=int, default=0, help="only entries after this id")
+    add("stats", cmd_stats, "entries per aggregate, key ids, tickets")
+    p = add("keygen", cmd_keygen, "create a key file or add a primary key")
+    p.add_argument("--key-id", help="id of the new key (default: random)")
+    p.add_argument("--add", action="store_true", help="add to an existing file (rotation)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p = add("server", cmd_server, "status or stop of the embedded server")
+    p.add_argument("action", choices=["status", "stop"])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``oplog`` command; returns its exit code."""
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
-    return code
+    ctx = Context(args)
+    try:
+        code: int = args.run(ctx)
+        return code
+    except CommandError as exc:
+        sys.stderr.write(f"oplog: {exc}\n")
+        return exc.code
+    except oplog.DecryptError as exc:
+        sys.stderr.write(f"oplog: {exc}\n")
+        return EXIT_KEY
+    except psycopg.OperationalError as exc:
+        sys.stderr.write(f"oplog: database error: {str(exc).strip().splitlines()[0]}\n")
+        return EXIT_DB
+    except KeyboardInterrupt:
+        sys.stderr.write("oplog: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import groupby
+from typing import Any
 
+import psycopg
 from google.protobuf.message import Message
+from psycopg import sql
 
 from oplog.catalog import check_identifier
 from oplog.errors import InvalidParameterError
 from oplog.operation import Operation, OpType
 from oplog.writer import Writer
 
-__all__ = ["Replayer"]
+__all__ = ["Replayer", "tables_equal"]
 
 
 def _copy(msg: Message) -> Message:
@@ -94,3 +97,16 @@ class Replayer:
             else:
                 raise InvalidParameterError(f"cannot replay an operation of type {first.op_type!r}")
         return count
+
+
+def tables_equal(conn: psycopg.Connection[Any], live: str, replayed: str) -> bool:
+    """Whether two tables (with the same columns) hold the same multiset of rows."""
+    query = sql.SQL(
+        "select (select count(*) from {a}) = (select count(*) from {b})"
+        " and not exists (select * from {a} except all select * from {b})"
+    ).format(
+        a=sql.Identifier(check_identifier(live, "table name")),
+        b=sql.Identifier(check_identifier(replayed, "table name")),
+    )
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])

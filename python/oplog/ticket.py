@@ -106,17 +106,22 @@ class Ticketer:
                 (name,),
             )
 
-    def get_ticket(self, aggregate_name: str) -> Ticket:
+    def get_ticket(self, aggregate_name: str, *, lock: LockMode | None = None) -> Ticket:
         """Reads the ticket of `aggregate_name` (``FOR UPDATE`` in pessimistic mode).
+
+        Args:
+            aggregate_name: The aggregate whose ticket to read.
+            lock: Overrides the ticketer's lock mode for this read.
 
         Raises:
             TicketNotFoundError: The ticket was never initialized.
             TicketConflictError: The read hit a serialization failure or deadlock.
         """
         name = self.ticket_name(aggregate_name)
+        mode = self._lock if lock is None else check_lock_mode(lock)
         query = (
             "select id, name, version from oplog_ticket where name = %s for update"
-            if self._lock == "pessimistic"
+            if mode == "pessimistic"
             else "select id, name, version from oplog_ticket where name = %s"
         )
         with conflicts_as_ticket_errors(f"get ticket {name!r}"):

@@ -1,0 +1,208 @@
+"""The ``oplog`` command, through its real entry point, against real databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.pg import Server
+
+DEMO_TYPES = ["--types", "oplog.demo:CATALOG", "--search-path", "oplog_demo,public"]
+
+
+class Cli:
+    """Runs ``python -m oplog`` with a fixed environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "oplog", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        return result
+
+    def json(self, *args: str) -> list[dict[str, Any]]:
+        out = self(*args, "--json").stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def one_line_error(self, *args: str, code: int) -> str:
+        err = self(*args, code=code).stderr
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("oplog: ")
+        return lines[0]
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPLOG_")}
+    env.update(XDG_DATA_HOME=str(tmp / "xdg"), **extra)
+    return env
+
+
+@pytest.fixture
+def cli_db(pg: Server, tmp_path: Path) -> Iterator[tuple[Cli, str]]:
+    """A CLI bound by OPLOG_DSN to an empty database, with its own key file."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_cli with (force)")
+        admin.execute("create database t_cli")
+    dsn = pg.dsn_for("t_cli")
+    yield Cli(_env(tmp_path, OPLOG_DSN=dsn, OPLOG_KEY_FILE=str(tmp_path / "keys.json"))), dsn
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_cli with (force)")
+
+
+def test_demo_twice_on_the_embedded_server(tmp_path: Path) -> None:
+    """With no DSN the demo starts the embedded server, runs, and runs again on the same data
+    directory; server status/stop manage it."""
+    cli = Cli(_env(tmp_path))
+    data_dir = str(tmp_path / "pgdata")
+    try:
+        first = cli("demo", "--data-dir", data_dir).stdout
+        assert "B lost" in first
+        assert "3 of 3 tables equal the live ones" in first
+        second = cli("demo", "--data-dir", data_dir, "--json").stdout
+        summary = json.loads(second)
+        assert summary["entries_in_log"] == 14
+        assert summary["tables_differing"] == []
+        (status,) = cli.json("server", "status", "--data-dir", data_dir)
+        assert status["running"] is True
+        entries = cli.json("ls", "--data-dir", data_dir)
+        assert len(entries) == 14
+    finally:
+        cli("server", "stop", "--data-dir", data_dir)
+    (status,) = cli.json("server", "status", "--data-dir", data_dir)
+    assert status["running"] is False
+    assert cli("server", "stop", "--data-dir", data_dir).stdout.startswith("the server was not")
+
+
+def test_keygen_writes_a_private_key_file_and_never_prints_keys(
+    cli_db: tuple[Cli, str], tmp_path: Path
+) -> None:
+    """keygen creates a 0600 file, --add rotates in a new primary, keys stay off the output."""
+    cli, _ = cli_db
+    path = tmp_path / "keys.json"
+    first = cli("keygen", "--key-id", "k1")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    cli.one_line_error("keygen", code=4)
+    (rotated,) = cli.json("keygen", "--add", "--key-id", "k2")
+    assert rotated["key_ids"] == ["k2", "k1"]
+    secrets = [k["key"] for k in json.loads(path.read_text())["keys"]]
+    for output in (first.stdout, first.stderr, json.dumps(rotated)):
+        assert not any(secret in output for secret in secrets)
+
+
+def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
+    """migrate, demo, ls (with filters), show, verify, replay and stats on a DSN database."""
+    cli, dsn = cli_db
+    cli("keygen")
+    (migrated,) = cli.json("migrate")
+    assert migrated == {"applied": [1], "current": [1]}
+    assert cli.json("migrate") == [{"applied": [], "current": [1]}]
+    cli("demo")
+    entries = cli.json("ls")
+    assert [e["id"] for e in entries] == list(range(1, 8))
+    assert {e["aggregate"] for e in entries} == {"demo.users", "demo.cars", "demo.rentals"}
+    assert [e["id"] for e in cli.json("ls", "--aggregate", "demo.cars")] == [2, 6, 7]
+    assert [e["id"] for e in cli.json("ls", "--after", "5", "--limit", "1")] == [6]
+    married = cli.json("ls", "--metadata", "reason=married")
+    assert [e["id"] for e in married] == [4]
+    assert married[0]["metadata"] == {"demo": ["true"], "reason": ["married"]}
+    table = cli("ls", "--limit", "2").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "CREATED", "AGGREGATE"]
+    assert len(table) == 3
+    (shown,) = cli.json("show", "4", *DEMO_TYPES)
+    (op,) = shown["operations"]
+    assert op["op"] == "UPDATE"
+    assert op["field_mask"] == ["Name"]
+    assert op["message"]["name"] == "Alice Smith"
+    (envelope_only,) = cli.json("show", "4")
+    assert envelope_only["operations"][0]["value_bytes"] > 0
+    assert cli.json("verify") == [{"entries": 7, "problems": 0, "ok": True}]
+    assert cli.json("verify", "--replay", *DEMO_TYPES)[-1]["ok"] is True
+    (replayed,) = cli.json("replay", "--suffix", "_copy", *DEMO_TYPES)
+    assert replayed == {"replayed": 7, "suffix": "_copy"}
+    with psycopg.connect(dsn) as conn:
+        live = conn.execute("select * from oplog_demo.users order by id").fetchall()
+        copy = conn.execute("select * from oplog_demo.users_copy order by id").fetchall()
+    assert live == copy
+    stats = cli.json("stats")
+    aggregates = {s["name"]: s["entries"] for s in stats if s["kind"] == "aggregate"}
+    assert aggregates == {"demo.cars": 3, "demo.rentals": 2, "demo.users": 2}
+    tickets = {s["name"]: s["version"] for s in stats if s["kind"] == "ticket"}
+    assert sum(v - 1 for v in tickets.values()) == 7
+    (down,) = cli.json("migrate", "--down")
+    assert down["reverted"] == [1]
+    cli.one_line_error("ls", code=5)
+
+
+def test_verify_names_a_tampered_entry(cli_db: tuple[Cli, str]) -> None:
+    """A flipped byte in a stored entry makes verify exit 1 and name the entry."""
+    cli, dsn = cli_db
+    cli("keygen")
+    cli("demo")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("alter table oplog_entry disable trigger oplog_entry_immutable")
+        conn.execute(
+            "update oplog_entry set data = overlay(data placing"
+            " set_byte(substring(data from 20 for 1), 0, get_byte(data, 19) # 1) from 20 for 1)"
+            " where id = 3"
+        )
+        conn.execute("alter table oplog_entry enable trigger oplog_entry_immutable")
+    result = cli("verify", code=1)
+    assert "entry 3:" in result.stderr
+    assert "1 problem" in result.stdout
+    cli.one_line_error("show", "3", code=4)
+
+
+def test_verify_replay_names_a_table_that_does_not_match(cli_db: tuple[Cli, str]) -> None:
+    """A live row changed behind the log's back makes verify --replay exit 1 naming the table."""
+    cli, dsn = cli_db
+    cli("keygen")
+    cli("demo")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("update oplog_demo.cars set mpg = mpg + 1 where id = 1")
+    result = cli("verify", "--replay", *DEMO_TYPES, code=1)
+    assert "table cars: replay does not reproduce it" in result.stderr
+    with psycopg.connect(dsn) as conn:
+        leftover = conn.execute("select to_regclass('oplog_demo.cars_oplog_verify')").fetchone()
+    assert leftover == (None,), "verify --replay leaves no tables behind"
+
+
+def test_bad_inputs_give_one_line_and_a_documented_code(
+    cli_db: tuple[Cli, str], tmp_path: Path
+) -> None:
+    """Unreachable database, missing or wrong key, no migrations, unknown id, bad --types."""
+    cli, _ = cli_db
+    cli.one_line_error("ls", "--dsn", "host=127.0.0.1 port=1 user=x connect_timeout=2", code=3)
+    assert "oplog migrate" in cli.one_line_error("ls", code=5)
+    cli("migrate")
+    assert "no key file" in cli.one_line_error("ls", "--key-file", str(tmp_path / "none"), code=4)
+    cli("keygen")
+    cli("demo")
+    assert "no entry with id 999" in cli.one_line_error("show", "999", code=6)
+    other = tmp_path / "other.json"
+    cli("keygen", "--key-file", str(other))
+    assert "does not decrypt" in cli.one_line_error("ls", "--key-file", str(other), code=4)
+    assert "cannot load --types" in cli.one_line_error("show", "1", "--types", "no.such:X", code=7)
+    msg = cli.one_line_error("show", "1", "--types", "oplog.demo:SCHEMA", code=7)
+    assert "not a TypeCatalog" in msg
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    cli.one_line_error("ls", "--key-file", str(garbage), code=4)
+    assert cli("ls", "--metadata", "novalue", code=2).stderr.startswith("oplog: ")
