@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,3 +208,40 @@ def test_bad_inputs_give_one_line_and_a_documented_code(
     garbage.write_text("{not json")
     cli.one_line_error("ls", "--key-file", str(garbage), code=4)
     assert cli("ls", "--metadata", "novalue", code=2).stderr.startswith("oplog: ")
+
+
+def test_demo_runs_as_an_ordinary_user(tmp_path: Path) -> None:
+    """As root, the demo also works for an unprivileged account (here `postgres`), whose
+    embedded server then runs as that account."""
+    if os.geteuid() != 0:
+        # Not root: every other test here already ran as an ordinary user.
+        test_demo_twice_on_the_embedded_server(tmp_path)
+        return
+    system_python = Path("/usr/bin/python3")
+    probe = subprocess.run(
+        [str(system_python), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if probe.stdout.strip() != str(sys.version_info[:2]):
+        pytest.skip("no system Python of this version for an unprivileged account to run")
+    # pytest's own temporary directories are private to root; this one is not.
+    home = Path(tempfile.mkdtemp(prefix="oplog-user-"))
+    home.chmod(0o777)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    package = str(Path(__file__).resolve().parent.parent / "python")
+    env = {
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([package, *site]),
+    }
+    run = ["runuser", "-u", "postgres", "--", str(system_python), "-m", "oplog"]
+    try:
+        result = subprocess.run(
+            [*run, "demo"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "3 of 3 tables equal the live ones" in result.stdout
+    finally:
+        subprocess.run([*run, "server", "stop"], env=env, capture_output=True, check=False)
+        shutil.rmtree(home, ignore_errors=True)

@@ -7,7 +7,8 @@ Keys: ``--key-file`` or ``OPLOG_KEY_FILE`` (default ``$XDG_DATA_HOME/oplog/keys.
 Exit codes: 0 success; 1 verification found a problem; 2 usage error; 3 database unreachable
 (or the embedded server failed); 4 key file missing or wrong, or an entry does not decrypt;
 5 the database has no oplog tables (run ``oplog migrate``); 6 no such entry; 7 the ``--types``
-module or catalog cannot be loaded.
+module or catalog cannot be loaded; 8 a file cannot be read or written; 70 an unexpected error
+(a bug: please report it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ EXIT_KEY = 4
 EXIT_SCHEMA = 5
 EXIT_NOT_FOUND = 6
 EXIT_TYPES = 7
+EXIT_IO = 8
+EXIT_UNEXPECTED = 70
 
 
 class CommandError(Exception):
@@ -572,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inspect, verify and replay an oplog.",
         epilog=(
             "exit codes: 0 ok, 1 verification problem, 2 usage, 3 database unreachable, "
-            "4 key problem, 5 not migrated, 6 no such entry, 7 --types not loadable"
+            "4 key problem, 5 not migrated, 6 no such entry, 7 --types not loadable, "
+            "8 file not readable or writable, 70 unexpected error"
         ),
     )
     parser.add_argument("--version", action="version", version=f"oplog {oplog.__version__}")
@@ -625,9 +629,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.OperationalError as exc:
         sys.stderr.write(f"oplog: database error: {str(exc).strip().splitlines()[0]}\n")
         return EXIT_DB
+    except OSError as exc:
+        sys.stderr.write(f"oplog: {exc}\n")
+        return EXIT_IO
     except KeyboardInterrupt:
         sys.stderr.write("oplog: interrupted\n")
         return 130
+    except Exception as exc:
+        sys.stderr.write(f"oplog: unexpected error (a bug; please report it): {exc!r}\n")
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":
