@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
+import psycopg
 import pytest
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
+from tests.db import TEST_TABLES
 from tests.golden import CATALOG
+from tests.pg import Server, running_server
 
 CORPUS_SIZE = 10_000
 
@@ -47,3 +53,37 @@ def corpus_bytes(corpus: list[oplog.Operation]) -> bytes:
 def catalog() -> oplog.TypeCatalog:
     """The vectors' catalog."""
     return CATALOG
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bench_server() -> Iterator[Server]:
+    """The server every database benchmark runs against (tests/pg.py chooses it)."""
+    with running_server() as server:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            row = conn.execute("show server_version").fetchone()
+            sync = conn.execute("show synchronous_commit").fetchone()
+        assert row is not None
+        assert sync is not None
+        print(
+            f"\nbenchmark server: {server.name} PostgreSQL {row[0]}, synchronous_commit={sync[0]}"
+        )
+        yield server
+
+
+@pytest.fixture
+def bench_dsn(bench_server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated database for one benchmark."""
+    name = "b_" + re.sub(r"\W", "_", request.node.name)[:50].lower()
+    with psycopg.connect(bench_server.dsn, autocommit=True) as admin:
+        admin.execute(f"drop database if exists {name} with (force)")
+        admin.execute(f"create database {name}")
+    dsn = bench_server.dsn_for(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        oplog.migrate(conn)
+        conn.execute(TEST_TABLES.encode())
+    yield dsn
+    with psycopg.connect(bench_server.dsn, autocommit=True) as admin:
+        admin.execute(f"drop database if exists {name} with (force)")

@@ -1,5 +1,6 @@
-"""Renders a pytest-benchmark JSON file as a markdown table: medians, and ratios to each
-group's baseline (the benchmark whose name contains ``reference``, ``bare`` or ``baseline``).
+"""Renders a pytest-benchmark JSON file as a markdown table: medians, throughput (when a
+benchmark records ``extra_info["entries"]``), and speed relative to each group's baseline (the
+benchmark whose name contains ``reference``, ``bare`` or ``baseline``; above 1x is faster).
 
     python benches/report.py .benchmarks/latest.json > benches/RESULTS.md
 """
@@ -31,8 +32,8 @@ def render(report: dict[str, Any]) -> str:
         f"{machine.get('cpu', {}).get('count', '?')} cores, Python {machine.get('python_version')}"
         f"; {report.get('datetime', '')[:19]}",
         "",
-        "| group | benchmark | median | IQR | rounds | vs baseline |",
-        "|---|---|---:|---:|---:|---:|",
+        "| group | benchmark | median | IQR | rounds | entries/s | vs baseline |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for group, benches in sorted(groups.items()):
         baseline = next((b for b in benches if _is_baseline(b["name"])), None)
@@ -40,12 +41,14 @@ def render(report: dict[str, Any]) -> str:
             stats = bench["stats"]
             ratio = ""
             if baseline is not None and bench is not baseline:
-                ratio = f"{baseline['stats']['median'] / stats['median']:.2f}x faster"
+                ratio = f"{baseline['stats']['median'] / stats['median']:.2f}x"
             elif bench is baseline:
                 ratio = "baseline"
+            entries = bench.get("extra_info", {}).get("entries")
+            rate = f"{entries / stats['median']:,.0f}" if entries else ""
             lines.append(
                 f"| {group} | {bench['name']} | {stats['median'] * 1e3:.2f} ms | "
-                f"{stats['iqr'] * 1e3:.2f} ms | {stats['rounds']} | {ratio} |"
+                f"{stats['iqr'] * 1e3:.2f} ms | {stats['rounds']} | {rate} | {ratio} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,8 @@
 //!
 //! A queue is a sequence of frames, each a u32 little-endian length followed by a protobuf
 //! `AnyOperation` envelope (see `WIRE.md`). [`queue`] frames and unframes, [`envelope`] encodes and
-//! decodes one envelope, [`wire`] holds the protobuf primitives. None of them uses pyo3: the
+//! decodes one envelope, [`wire`] holds the protobuf primitives, [`pgarray`] packs PostgreSQL
+//! binary arrays for batch parameters. None of them uses pyo3: the
 //! Python extension lives in the `python` module, behind the `python` feature.
 //!
 //! Decoding never panics and never allocates from a length it has not checked against the input;
@@ -10,6 +11,7 @@
 
 pub mod envelope;
 pub mod error;
+pub mod pgarray;
 pub mod queue;
 pub mod wire;
 

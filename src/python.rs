@@ -12,7 +12,7 @@ use pyo3::{ffi, intern, AsPyPointer};
 
 use crate::envelope::{Envelope, Format};
 use crate::error::CodecError;
-use crate::queue;
+use crate::{pgarray, queue};
 
 pyo3::import_exception!(oplog.errors, DecodeError);
 pyo3::import_exception!(oplog.errors, InvalidParameterError);
@@ -348,10 +348,51 @@ fn decode_operations(
     Ok((list, end))
 }
 
+/// Packs a list of str, bytes or None as a PostgreSQL binary `text[]` (or `bytea[]`) payload.
+#[pyfunction]
+#[pyo3(text_signature = "(items, bytea)")]
+fn pack_array(py: Python<'_>, items: &PyAny, bytea: bool) -> PyResult<Py<PyBytes>> {
+    let mut cache = Utf8Cache::default();
+    let mut elements: Vec<Option<&[u8]>> = Vec::new();
+    for (index, item) in items.iter()?.enumerate() {
+        let item = item?;
+        elements.push(if item.is_none() {
+            None
+        } else if let Ok(s) = item.downcast::<PyString>() {
+            Some(cache.get(s)?.as_bytes())
+        } else if let Ok(b) = item.downcast::<PyBytes>() {
+            Some(b.as_bytes())
+        } else {
+            return Err(invalid(
+                index,
+                format!(
+                    "array elements are str, bytes or None, not {}",
+                    type_name_of(item)
+                ),
+            ));
+        });
+    }
+    let oid = if bytea {
+        pgarray::BYTEA_OID
+    } else {
+        pgarray::TEXT_OID
+    };
+    Ok(PyBytes::new(py, &pgarray::pack_varlena(oid, &elements)?).into())
+}
+
+/// Packs a list of int as a PostgreSQL binary `int8[]` payload.
+#[pyfunction]
+#[pyo3(text_signature = "(items)")]
+fn pack_int8_array(py: Python<'_>, items: Vec<i64>) -> PyResult<Py<PyBytes>> {
+    Ok(PyBytes::new(py, &pgarray::pack_int8(&items)?).into())
+}
+
 /// The byte-level core of oplog.
 #[pymodule]
 fn _core(_py: Python<'_>, m: &PyModule) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_operations, m)?)?;
     m.add_function(wrap_pyfunction!(decode_operations, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_array, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_int8_array, m)?)?;
     Ok(())
 }

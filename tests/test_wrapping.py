@@ -60,6 +60,16 @@ def test_our_blobs_have_the_go_layout() -> None:
     assert w.decrypt(blob) == b"hello"
 
 
+@pytest.mark.parametrize("size", [0, 1, 100, 115, 116, 200, 20_000, 3_000_000])
+def test_blobs_equal_the_protobuf_serialization_at_every_length(size: int) -> None:
+    """The hand-framed blob is byte for byte what the protobuf runtime writes (varint edges)."""
+    w = oplog.AeadWrapper(KEY, "k" * 130)
+    blob = w.encrypt(b"x" * size)
+    info = BlobInfo.FromString(blob)
+    assert blob == info.SerializeToString()
+    assert w.decrypt(blob) == b"x" * size
+
+
 def test_nonces_are_fresh() -> None:
     """Encrypting the same plaintext twice gives different blobs."""
     w = oplog.AeadWrapper(KEY, "k1")

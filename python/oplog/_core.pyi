@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["decode_operations", "encode_operations"]
+__all__ = ["decode_operations", "encode_operations", "pack_array", "pack_int8_array"]
 
 _RawOperation = tuple[
     str, bytes | memoryview, int, tuple[str, ...], tuple[str, ...], bytes | None, int
@@ -33,3 +33,13 @@ def decode_operations(
     Raises:
         oplog.DecodeError: The queue is malformed; ``offset`` says where.
     """
+
+def pack_array(items: Iterable[str | bytes | None], bytea: bool) -> bytes:
+    """A PostgreSQL binary ``text[]`` (or, with ``bytea``, ``bytea[]``) of ``items``.
+
+    Raises:
+        oplog.InvalidParameterError: An element is not str, bytes or None.
+    """
+
+def pack_int8_array(items: list[int]) -> bytes:
+    """A PostgreSQL binary ``int8[]`` of ``items``."""

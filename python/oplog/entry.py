@@ -211,13 +211,21 @@ class Entry:
         Raises:
             InvalidParameterError: No operations, or an invalid one; see also :meth:`write`.
         """
+        self.set_operations(operations)
+        self.write(writer, ticket)
+
+    def set_operations(self, operations: Sequence[Operation]) -> None:
+        """Encodes `operations` as the entry's (plaintext) data, replacing what was there.
+
+        Raises:
+            InvalidParameterError: No operations, or an invalid one.
+        """
         if not operations:
             raise InvalidParameterError("an entry needs at least one operation")
         queue = Queue(version=self.version)  # type: ignore[arg-type]
         queue.extend(operations)
         self.data = bytes(queue)
         self._encrypted = False
-        self.write(writer, ticket)
 
     def write(self, writer: Writer, ticket: Ticket) -> None:
         """Encrypts the data (if needed), redeems the ticket, and inserts the entry and its

@@ -16,12 +16,39 @@ from psycopg import errors as pg_errors
 
 from oplog.errors import InvalidParameterError, TicketConflictError, TicketNotFoundError
 
-__all__ = ["GLOBAL_TICKET", "LockMode", "Ticket", "Ticketer", "conflicts_as_ticket_errors"]
+__all__ = [
+    "GLOBAL_TICKET",
+    "INIT_TICKET",
+    "LockMode",
+    "Ticket",
+    "Ticketer",
+    "conflicts_as_ticket_errors",
+    "ticket_name",
+]
 
 GLOBAL_TICKET = "global"
 """The one ticket every aggregate shares when ``aggregate_names=False``."""
 
 LockMode = Literal["optimistic", "pessimistic"]
+
+INIT_TICKET = (
+    "insert into oplog_ticket (name, version) values (%s, 1) on conflict (name) do nothing"
+)
+"""Creates a ticket at version 1 unless it exists."""
+
+
+def ticket_name(aggregate_name: str, aggregate_names: bool) -> str:
+    """The ticket an aggregate uses: its own name, or ``"global"`` without aggregate names.
+
+    Raises:
+        InvalidParameterError: `aggregate_name` is not a non-empty str.
+    """
+    if not isinstance(aggregate_name, str) or not aggregate_name:
+        raise InvalidParameterError(
+            f"aggregate name must be a non-empty str, not {aggregate_name!r}"
+        )
+    return aggregate_name if aggregate_names else GLOBAL_TICKET
+
 
 # SQLSTATEs that mean "another transaction got there first; retry from the start".
 _CONFLICTS = (
@@ -90,21 +117,13 @@ class Ticketer:
 
     def ticket_name(self, aggregate_name: str) -> str:
         """The ticket an aggregate name uses."""
-        if not isinstance(aggregate_name, str) or not aggregate_name:
-            raise InvalidParameterError(
-                f"aggregate name must be a non-empty str, not {aggregate_name!r}"
-            )
-        return aggregate_name if self._aggregate_names else GLOBAL_TICKET
+        return ticket_name(aggregate_name, self._aggregate_names)
 
     def init_ticket(self, aggregate_name: str) -> None:
         """Creates the ticket of `aggregate_name` at version 1 unless it exists (idempotent)."""
         name = self.ticket_name(aggregate_name)
         with conflicts_as_ticket_errors(f"init ticket {name!r}"):
-            self._conn.execute(
-                "insert into oplog_ticket (name, version) values (%s, 1)"
-                " on conflict (name) do nothing",
-                (name,),
-            )
+            self._conn.execute(INIT_TICKET, (name,))
 
     def get_ticket(self, aggregate_name: str, *, lock: LockMode | None = None) -> Ticket:
         """Reads the ticket of `aggregate_name` (``FOR UPDATE`` in pessimistic mode).

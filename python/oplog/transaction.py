@@ -12,9 +12,30 @@ from psycopg import pq
 
 from oplog.errors import InvalidParameterError, TicketConflictError
 
-__all__ = ["run_in_transaction"]
+__all__ = ["backoff_seconds", "check_retry_arguments", "run_in_transaction"]
 
 T = TypeVar("T")
+
+
+def check_retry_arguments(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    retries: int,
+    backoff: float,
+    max_backoff: float,
+) -> None:
+    """Raises InvalidParameterError for negative settings or a connection mid-transaction."""
+    if retries < 0 or backoff < 0 or max_backoff < 0:
+        raise InvalidParameterError("retries, backoff and max_backoff must be >= 0")
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise InvalidParameterError(
+            "run_in_transaction needs a connection with no transaction open"
+        )
+
+
+def backoff_seconds(attempt: int, backoff: float, max_backoff: float) -> float:
+    """How long to wait before retry `attempt` (1-based): full jitter over an exponential cap,
+    so that concurrent losers spread out instead of colliding again in step."""
+    return random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1)))
 
 
 def run_in_transaction(
@@ -48,12 +69,7 @@ def run_in_transaction(
         InvalidParameterError: A transaction is already open on `conn` (a retry inside it
             could not start from a fresh snapshot), or a parameter is negative.
     """
-    if retries < 0 or backoff < 0 or max_backoff < 0:
-        raise InvalidParameterError("retries, backoff and max_backoff must be >= 0")
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise InvalidParameterError(
-            "run_in_transaction needs a connection with no transaction open"
-        )
+    check_retry_arguments(conn, retries, backoff, max_backoff)
     attempt = 0
     while True:
         try:
@@ -65,5 +81,4 @@ def run_in_transaction(
                 raise
             if on_retry is not None:
                 on_retry(attempt, conflict)
-            # Full jitter: concurrent losers spread out instead of colliding again in step.
-            time.sleep(random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1))))
+            time.sleep(backoff_seconds(attempt, backoff, max_backoff))

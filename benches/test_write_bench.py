@@ -1,0 +1,246 @@
+"""Writing and reading entries: oplog against bare SQL and eventsourcing, same server, same run.
+
+Workload per entry: one TestUser CREATE (~100 bytes encoded), 2 metadata values, encrypted,
+one aggregate name per ticket. Each group has a baseline (``bare``: one hand-written statement
+with a pre-encrypted blob); `make bench` reports medians and ratios. Throughput is
+``entries / median``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.application import Application
+from eventsourcing.cipher import AESCipher
+from eventsourcing.domain import Aggregate
+from psycopg.conninfo import conninfo_to_dict
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import oplog
+from oplog.proto.oplog_test_pb2 import TestUser
+from tests import workers
+from tests.db import CATALOG, WRAPPER
+
+METADATA = {"source": ["bench"], "host": ["bench-1"]}
+BATCH = 1000
+READ_ENTRIES = 20_000
+
+
+def _user(i: int) -> TestUser:
+    return TestUser(
+        id=i, name=f"user {i:06d}", email=f"user{i:06d}@example.com", phone_number="555-0100"
+    )
+
+
+def _op(i: int) -> oplog.Operation:
+    return oplog.Operation(_user(i), "user", oplog.OpType.CREATE)
+
+
+_BARE_ONE = """
+with t as (update oplog_ticket set version = version + 1 where name = %s returning id),
+e as (insert into oplog_entry (version, aggregate_name, data, key_id)
+      select 'v2', %s, %b, %s from t returning id),
+m as (insert into oplog_metadata (entry_id, key, value)
+      select e.id, k, v from e, unnest(%s::text[], %s::text[]) as x (k, v))
+select id from e
+"""
+
+_BARE_MANY = """
+with t as (update oplog_ticket set version = version + 1 where name = %s returning id),
+e as (insert into oplog_entry (version, aggregate_name, data, key_id)
+      select 'v2', %s, u.data, %s from t, unnest(%b::bytea[]) with ordinality as u (data, ord)
+      order by u.ord returning id),
+n as (select id, row_number() over (order by id) as ord from e),
+m as (insert into oplog_metadata (entry_id, key, value)
+      select n.id, x.k, x.v from n, unnest(%s::text[], %s::text[]) as x (k, v))
+select count(*) from n
+"""
+
+
+@pytest.fixture
+def conn(bench_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection: one statement is one transaction."""
+    with psycopg.connect(bench_dsn, autocommit=True) as c:
+        oplog.Ticketer(c).init_ticket("users")
+        yield c
+
+
+def _blob(i: int) -> bytes:
+    q = oplog.Queue()
+    q.add(_user(i), "user", oplog.OpType.CREATE)
+    return WRAPPER.encrypt(bytes(q))
+
+
+# --- eventsourcing ------------------------------------------------------------------------------
+
+
+class User(Aggregate):
+    """The eventsourcing peer of a TestUser: created with the same fields."""
+
+    def __init__(self, name: str, email: str, phone_number: str) -> None:
+        self.name = name
+        self.email = email
+        self.phone_number = phone_number
+
+
+def _eventsourcing(dsn: str, cipher: str) -> tuple[Application[Any], type[User]]:
+    parts = conninfo_to_dict(dsn)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": str(parts.get("dbname", "postgres")),
+        "POSTGRES_HOST": str(parts.get("host", "127.0.0.1")),
+        "POSTGRES_PORT": str(parts.get("port", "5432")),
+        "POSTGRES_USER": str(parts.get("user", "postgres")),
+        "POSTGRES_PASSWORD": str(parts.get("password", "")),
+        "CIPHER_TOPIC": cipher,
+        "CIPHER_KEY": AESCipher.create_key(32),
+    }
+    app: Application[Any] = Application(env=env)
+    return app, User
+
+
+CIPHERS = {
+    "pycryptodome": "eventsourcing.cipher:AESCipher",
+    "cryptography": "eventsourcing.cryptography:AESCipher",
+}
+
+
+# --- 1. one entry per transaction ---------------------------------------------------------------
+
+
+def test_single_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
+    benchmark.group = "1. one entry per transaction"
+    benchmark.extra_info["entries"] = 1
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    op = _op(1)
+    benchmark(log.write, conn, "users", [op], METADATA)
+
+
+def test_single_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
+    benchmark.group = "1. one entry per transaction"
+    benchmark.extra_info["entries"] = 1
+    params = ("users", "users", _blob(1), WRAPPER.key_id, ["source", "host"], ["bench", "bench-1"])
+    benchmark(conn.execute, _BARE_ONE, params)
+
+
+def test_single_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
+    benchmark.group = "1. one entry per transaction"
+    benchmark.extra_info["entries"] = 1
+    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
+    benchmark(lambda: app.save(user_cls("user 000001", "user000001@example.com", "555-0100")))
+
+
+# --- 2. batches of 1000 -------------------------------------------------------------------------
+
+
+def test_batch_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
+    benchmark.group = "2. batch of 1000 entries"
+    benchmark.extra_info["entries"] = BATCH
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
+    benchmark(log.write_many, conn, items)
+
+
+def test_batch_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
+    benchmark.group = "2. batch of 1000 entries"
+    benchmark.extra_info["entries"] = BATCH
+    blobs = [_blob(i) for i in range(BATCH)]
+    keys = ["source", "host"] * 1
+    params = ("users", "users", WRAPPER.key_id, blobs, keys, ["bench", "bench-1"])
+    benchmark(conn.execute, _BARE_MANY, params)
+
+
+@pytest.mark.parametrize("cipher", sorted(CIPHERS))
+def test_batch_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str, cipher: str) -> None:
+    benchmark.group = "2. batch of 1000 entries"
+    benchmark.extra_info["entries"] = BATCH
+    app, user_cls = _eventsourcing(bench_dsn, CIPHERS[cipher])
+
+    def save() -> None:
+        app.save(
+            *(user_cls(f"user {i:06d}", f"u{i}@example.com", "555-0100") for i in range(BATCH))
+        )
+
+    benchmark(save)
+
+
+# --- 3. reading ---------------------------------------------------------------------------------
+
+
+def test_read_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
+    benchmark.group = "3. read, decrypt and decode 20,000 entries"
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    entries = READ_ENTRIES if not benchmark.disabled else 200
+    benchmark.extra_info["entries"] = entries
+    for start in range(0, entries, BATCH):
+        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, start + BATCH)])
+
+    def read() -> int:
+        return sum(len(e.unmarshal_data(CATALOG)) for e in log.read(conn, limit=entries))
+
+    assert benchmark(read) == entries
+
+
+def test_read_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
+    benchmark.group = "3. read, decrypt and decode 20,000 entries"
+    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
+    entries = READ_ENTRIES if not benchmark.disabled else 200
+    benchmark.extra_info["entries"] = entries
+    for _ in range(0, entries, BATCH):
+        app.save(
+            *(user_cls("user", "u@example.com", "555-0100") for _ in range(min(BATCH, entries)))
+        )
+
+    def read() -> int:
+        n, start = 0, 1
+        while n < entries:
+            page = app.recorder.select_notifications(start, BATCH)
+            if not page:
+                break
+            for notification in page:
+                app.mapper.to_domain_event(notification)
+            n += len(page)
+            start = page[-1].id + 1
+        return n
+
+    assert benchmark(read) == entries
+
+
+# --- 4. contention ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("aggregates", "lock"),
+    [(1, "optimistic"), (1, "pessimistic"), (8, "optimistic")],
+    ids=["1-aggregate-optimistic", "1-aggregate-pessimistic", "8-aggregates"],
+)
+def test_contention_oplog(
+    benchmark: BenchmarkFixture, bench_dsn: str, aggregates: int, lock: str
+) -> None:
+    """8 processes, each write = data row + entry + redeem through run_in_transaction."""
+    benchmark.group = "4. 8 writer processes"
+    writes = 500 if not benchmark.disabled else 20
+    benchmark.extra_info["entries"] = 8 * writes
+    names = [f"agg{i}" for i in range(aggregates)]
+    with psycopg.connect(bench_dsn, autocommit=True) as c:
+        for name in names:
+            oplog.Ticketer(c).init_ticket(name)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        pool.apply(os.getpid)  # start the workers outside the timing
+
+        def run() -> list[dict[str, int]]:
+            return pool.starmap(
+                workers.write_many, [(bench_dsn, w, writes, names, lock) for w in range(8)]
+            )
+
+        results = benchmark.pedantic(run, rounds=1, iterations=1)  # type: ignore[no-untyped-call]
+    retries = sum(r["retries"] for r in results) if results else 0
+    benchmark.extra_info["retries"] = retries
+    if lock == "pessimistic":
+        assert retries == 0

@@ -1,0 +1,121 @@
+"""The asyncio API: :class:`AsyncOplog` and :func:`run_in_transaction` on
+``psycopg.AsyncConnection``, with the semantics of their synchronous twins.
+
+Encoding, encryption and the statements are shared with :class:`oplog.Oplog`; only the waiting
+differs. Replay and the lower-level pieces (Writer, Ticketer, Entry) are synchronous only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from oplog import pgarray
+from oplog.entry import Entry
+from oplog.errors import TicketConflictError
+from oplog.log import (
+    READ_METADATA,
+    READ_PAGE,
+    WRITE_MANY,
+    WRITE_ONE,
+    BatchItem,
+    OplogBase,
+    _invisible_ticket,
+    _Pages,
+    _written,
+)
+from oplog.operation import Operation
+from oplog.ticket import INIT_TICKET, conflicts_as_ticket_errors
+from oplog.transaction import backoff_seconds, check_retry_arguments
+
+__all__ = ["AsyncOplog", "run_in_transaction"]
+
+T = TypeVar("T")
+
+
+class AsyncOplog(OplogBase):
+    """:class:`oplog.Oplog` for ``psycopg.AsyncConnection``: the same arguments, the same
+    statements, the same errors."""
+
+    async def write(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None = None,
+    ) -> Entry:
+        """Writes one entry in the caller's transaction; see :meth:`oplog.Oplog.write`."""
+        entry, params = self._prepare_write(aggregate_name, operations, metadata)
+        for first in (True, False):
+            with conflicts_as_ticket_errors(f"write entry for {aggregate_name!r}"):
+                row = await (await conn.execute(WRITE_ONE, params)).fetchone()
+            if row is not None:
+                return _written(entry, row)
+            if first:
+                with conflicts_as_ticket_errors(f"init ticket {params['ticket']!r}"):
+                    await conn.execute(INIT_TICKET, (params["ticket"],))
+        raise _invisible_ticket(aggregate_name)
+
+    async def write_many(
+        self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]
+    ) -> list[int]:
+        """Writes a batch of entries in one round trip; see :meth:`oplog.Oplog.write_many`."""
+        params = self._prepare_batch(items)
+        if params is None:
+            return []
+        pgarray.register(conn)
+        for first in (True, False):
+            with conflicts_as_ticket_errors("write a batch of entries"):
+                rows = await (await conn.execute(WRITE_MANY, params)).fetchall()
+            if rows:
+                return [int(row[0]) for row in rows]
+            if first:
+                with conflicts_as_ticket_errors("init the batch's tickets"):
+                    for name in params["tickets"]:
+                        await conn.execute(INIT_TICKET, (name,))
+        raise _invisible_ticket(", ".join(params["tickets"]))
+
+    async def read(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        aggregate_name: str | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[Entry]:
+        """Yields entries in id order, decrypted; see :meth:`oplog.Oplog.read`."""
+        pages = _Pages(aggregate_name, after_id, limit)
+        while (params := pages.next_query()) is not None:
+            rows = await (await conn.execute(READ_PAGE, params)).fetchall()
+            ids = [row[0] for row in rows]
+            metadata = await (await conn.execute(READ_METADATA, (ids,))).fetchall() if ids else []
+            for entry in pages.entries(rows, metadata, self.wrapper):
+                yield entry
+
+
+async def run_in_transaction(
+    conn: psycopg.AsyncConnection[Any],
+    fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+    *,
+    retries: int = 10,
+    backoff: float = 0.005,
+    max_backoff: float = 0.5,
+    on_retry: Callable[[int, TicketConflictError], None] | None = None,
+) -> T:
+    """Awaits ``fn(conn)`` in a transaction and commits, retrying on TicketConflictError only;
+    see :func:`oplog.run_in_transaction`."""
+    check_retry_arguments(conn, retries, backoff, max_backoff)
+    attempt = 0
+    while True:
+        try:
+            async with conn.transaction():
+                return await fn(conn)
+        except TicketConflictError as conflict:
+            attempt += 1
+            if attempt > retries:
+                raise
+            if on_retry is not None:
+                on_retry(attempt, conflict)
+            await asyncio.sleep(backoff_seconds(attempt, backoff, max_backoff))

@@ -1,0 +1,139 @@
+"""One synchronous face over the sync and the asyncio front doors, so that each correctness
+test has one body and runs against both (``oplog.Oplog`` and ``oplog.aio.AsyncOplog``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+import oplog
+from oplog import aio
+from oplog.log import BatchItem
+from tests.db import CATALOG, WRAPPER
+
+
+class SyncDriver:
+    """The sync API on a psycopg Connection."""
+
+    kind = "sync"
+
+    def __init__(self, dsn: str, isolation: psycopg.IsolationLevel | None = None) -> None:
+        self.conn = psycopg.connect(dsn)
+        if isolation is not None:
+            self.conn.isolation_level = isolation
+        self.log = oplog.Oplog(WRAPPER, CATALOG)
+
+    def write(
+        self, aggregate: str, ops: list[oplog.Operation], metadata: Any = None
+    ) -> oplog.Entry:
+        return self.log.write(self.conn, aggregate, ops, metadata)
+
+    def write_many(self, items: list[BatchItem]) -> list[int]:
+        return self.log.write_many(self.conn, items)
+
+    def read(self, **kwargs: Any) -> list[oplog.Entry]:
+        return list(self.log.read(self.conn, **kwargs))
+
+    def execute(self, query: str) -> None:
+        self.conn.execute(query.encode())
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def run_in_transaction(
+        self, items: list[BatchItem], before_write: Callable[[int], None]
+    ) -> tuple[list[int], int]:
+        """write_many(items) in run_in_transaction, calling before_write(attempt) first."""
+        retries = 0
+        attempts = 0
+
+        def count(attempt: int, conflict: oplog.TicketConflictError) -> None:
+            nonlocal retries
+            retries += 1
+
+        def unit(conn: psycopg.Connection[Any]) -> list[int]:
+            nonlocal attempts
+            attempts += 1
+            conn.execute("select 1")  # take the snapshot before the side effect
+            before_write(attempts)
+            return self.log.write_many(conn, items)
+
+        ids = oplog.run_in_transaction(self.conn, unit, on_retry=count)
+        return ids, retries
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class AsyncDriver:
+    """The asyncio API on a psycopg AsyncConnection, driven by a private event loop."""
+
+    kind = "async"
+
+    def __init__(self, dsn: str, isolation: psycopg.IsolationLevel | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(psycopg.AsyncConnection.connect(dsn))
+        if isolation is not None:
+            self.loop.run_until_complete(self.conn.set_isolation_level(isolation))
+        self.log = aio.AsyncOplog(WRAPPER, CATALOG)
+
+    def write(
+        self, aggregate: str, ops: list[oplog.Operation], metadata: Any = None
+    ) -> oplog.Entry:
+        return self.loop.run_until_complete(self.log.write(self.conn, aggregate, ops, metadata))
+
+    def write_many(self, items: list[BatchItem]) -> list[int]:
+        return self.loop.run_until_complete(self.log.write_many(self.conn, items))
+
+    def read(self, **kwargs: Any) -> list[oplog.Entry]:
+        async def collect() -> list[oplog.Entry]:
+            return [e async for e in self.log.read(self.conn, **kwargs)]
+
+        return self.loop.run_until_complete(collect())
+
+    def execute(self, query: str) -> None:
+        self.loop.run_until_complete(self.conn.execute(query.encode()))
+
+    def commit(self) -> None:
+        self.loop.run_until_complete(self.conn.commit())
+
+    def rollback(self) -> None:
+        self.loop.run_until_complete(self.conn.rollback())
+
+    def run_in_transaction(
+        self, items: list[BatchItem], before_write: Callable[[int], None]
+    ) -> tuple[list[int], int]:
+        """write_many(items) in aio.run_in_transaction, calling before_write(attempt) first."""
+        retries = 0
+        attempts = 0
+
+        def count(attempt: int, conflict: oplog.TicketConflictError) -> None:
+            nonlocal retries
+            retries += 1
+
+        async def unit(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            nonlocal attempts
+            attempts += 1
+            await conn.execute("select 1")
+            before_write(attempts)
+            return await self.log.write_many(conn, items)
+
+        ids = self.loop.run_until_complete(aio.run_in_transaction(self.conn, unit, on_retry=count))
+        return ids, retries
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
+Driver = SyncDriver | AsyncDriver
+DRIVERS: dict[str, type[SyncDriver] | type[AsyncDriver]] = {
+    "sync": SyncDriver,
+    "async": AsyncDriver,
+}

@@ -1,0 +1,208 @@
+"""The front door, sync and asyncio: each test body runs against both (tests/drivers.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import oplog
+from oplog.log import BatchItem
+from oplog.proto.oplog_test_pb2 import TestCar, TestUser
+from tests.db import CATALOG, WRAPPER, count
+from tests.drivers import DRIVERS, Driver
+
+MakeDriver = Callable[..., Driver]
+Connect = Callable[..., psycopg.Connection[Any]]
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def make_driver(
+    request: pytest.FixtureRequest, dsn: str, conn: psycopg.Connection[Any]
+) -> Iterator[MakeDriver]:
+    """Opens drivers of one kind (sync or async) on the emptied module database."""
+    opened: list[Driver] = []
+
+    def make(isolation: psycopg.IsolationLevel | None = None) -> Driver:
+        driver = DRIVERS[request.param](dsn, isolation)
+        opened.append(driver)
+        return driver
+
+    yield make
+    for driver in opened:
+        driver.close()
+
+
+def _items(n: int, aggregates: list[str]) -> list[BatchItem]:
+    return [
+        (
+            aggregates[i % len(aggregates)],
+            [
+                oplog.Operation(TestUser(id=i + 1, name=f"u{i}"), "user", oplog.OpType.CREATE),
+                oplog.Operation(TestCar(id=i + 1), "car", oplog.OpType.UPDATE, ("model",)),
+            ],
+            {"n": [str(i)], "flag": []} if i % 2 else None,
+        )
+        for i in range(n)
+    ]
+
+
+def _side_write(conn: psycopg.Connection[Any], aggregate: str) -> None:
+    oplog.Oplog(WRAPPER, CATALOG).write(
+        conn, aggregate, [oplog.Operation(TestUser(id=9), "user", oplog.OpType.DELETE)]
+    )
+
+
+def test_write_creates_the_ticket_and_reads_back(make_driver: MakeDriver) -> None:
+    """write() makes the aggregate's ticket on first use and redeems it after; entries read
+    back decrypted, with their metadata, filtered by aggregate, after_id and limit."""
+    d = make_driver()
+    op = oplog.Operation(TestUser(id=1, name="a"), "user", oplog.OpType.CREATE)
+    first = d.write("fresh", [op], {"k": "v", "empty": []})
+    second = d.write("fresh", [op])
+    d.write("other", [op])
+    d.commit()
+    assert (first.id, second.id) == (1, 2)
+    entries = d.read()
+    assert [e.metadata for e in entries] == [{"k": ["v"], "empty": []}, {}, {}]
+    assert [e.unmarshal_data(CATALOG) for e in entries] == [[op], [op], [op]]
+    assert [e.id for e in d.read(aggregate_name="fresh", after_id=1)] == [2]
+    assert [e.id for e in d.read(limit=2)] == [1, 2]
+    assert [e.id for e in d.read(aggregate_name="other")] == [3]
+
+
+@pytest.mark.parametrize(
+    ("n", "aggregates"),
+    [(1, ["a"]), (2, ["a"]), (2, ["a", "b"]), (1000, ["a"]), (1000, [f"g{i}" for i in range(37)])],
+)
+def test_batches_read_back_in_input_order(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], n: int, aggregates: list[str]
+) -> None:
+    """Entries of a batch get ascending ids in input order and read back equal to the input;
+    each aggregate's ticket is redeemed once per batch."""
+    d = make_driver()
+    items = _items(n, aggregates)
+    ids = d.write_many(items)
+    d.commit()
+    assert ids == list(range(1, n + 1))
+    entries = d.read()
+    assert [e.id for e in entries] == ids
+    for entry, (aggregate, ops, metadata) in zip(entries, items):
+        assert entry.aggregate_name == aggregate
+        assert entry.unmarshal_data(CATALOG) == ops
+        assert entry.metadata == (metadata or {})
+        assert entry.key_id == WRAPPER.key_id
+    conn.commit()
+    versions = dict(conn.execute("select name, version from oplog_ticket").fetchall())
+    assert versions == {a: 2 for a in aggregates}
+    d.write_many(items[:3])
+    d.commit()
+    conn.commit()
+    assert conn.execute("select max(version) from oplog_ticket").fetchone() == (3,)
+
+
+def test_an_empty_batch_writes_nothing(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any]
+) -> None:
+    """write_many of nothing returns [] and touches no ticket."""
+    assert make_driver().write_many([]) == []
+    assert count(conn, "oplog_ticket") == 0
+
+
+_CREATE = oplog.Operation(TestUser(), "user", oplog.OpType.CREATE)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ([("a", [], None)], "needs an operation"),
+        ([("", [_CREATE], None)], "aggregate"),
+        ([("a",)], "expected"),
+        ([("a", [oplog.Operation(TestUser(), "user", oplog.OpType.UPDATE)], None)], "UPDATE"),
+        ([("a", [_CREATE], {"": ["x"]})], "metadata"),
+    ],
+)
+def test_invalid_items_write_nothing(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], bad: Any, match: str
+) -> None:
+    """A bad item anywhere in the batch raises InvalidParameterError before any SQL runs."""
+    d = make_driver()
+    with pytest.raises(oplog.InvalidParameterError, match=match):
+        d.write_many([*_items(3, ["a"]), *bad])
+    d.commit()
+    assert count(conn, "oplog_entry") == 0
+
+
+def test_a_conflict_on_one_aggregate_rolls_back_the_whole_batch(
+    make_driver: MakeDriver, connect: Connect
+) -> None:
+    """At REPEATABLE READ, a concurrent commit on one of the batch's tickets makes the batch
+    raise TicketConflictError; after rollback nothing of it remains."""
+    setup = connect(autocommit=True)
+    oplog.Oplog(WRAPPER, CATALOG).write_many(setup, _items(3, ["a", "b", "c"]))
+    d = make_driver(psycopg.IsolationLevel.REPEATABLE_READ)
+    d.execute("select 1")  # the snapshot
+    _side_write(setup, "b")
+    with pytest.raises(oplog.TicketConflictError):
+        d.write_many(_items(10, ["a", "b", "c"]))
+    d.rollback()
+    assert count(setup, "oplog_entry") == 4
+    versions = dict(setup.execute("select name, version from oplog_ticket").fetchall())
+    assert versions == {"a": 2, "b": 3, "c": 2}
+
+
+def test_run_in_transaction_retries_a_conflict_and_commits_once(
+    make_driver: MakeDriver, connect: Connect
+) -> None:
+    """A conflict on the first attempt rolls it back; the retry builds the batch afresh and
+    commits exactly one copy of it."""
+    setup = connect(autocommit=True)
+    oplog.Oplog(WRAPPER, CATALOG).write_many(setup, _items(1, ["a"]))
+    d = make_driver(psycopg.IsolationLevel.REPEATABLE_READ)
+
+    def interfere(attempt: int) -> None:
+        if attempt == 1:
+            _side_write(setup, "a")
+
+    ids, retries = d.run_in_transaction(_items(5, ["a"]), interfere)
+    assert retries == 1
+    assert len(ids) == 5
+    assert ids == sorted(ids)
+    assert count(setup, "oplog_entry") == 2 + 5
+    assert setup.execute("select version from oplog_ticket").fetchone() == (4,)
+
+
+def test_concurrent_batches_in_opposite_orders_do_not_deadlock(
+    make_driver: MakeDriver, connect: Connect
+) -> None:
+    """Two transactions writing batches over the same aggregates, listed in opposite orders,
+    both finish: tickets are locked in name order."""
+    names = [f"agg{i:02d}" for i in range(20)]
+    setup = connect(autocommit=True)
+    oplog.Oplog(WRAPPER, CATALOG).write_many(setup, _items(20, names))
+    drivers = [make_driver(), make_driver()]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(d: Driver, order: list[str]) -> None:
+        try:
+            for _ in range(15):
+                barrier.wait(timeout=30)
+                d.run_in_transaction(_items(40, order), lambda attempt: None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(d, o)) for d, o in zip(drivers, (names, names[::-1]))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert count(setup, "oplog_entry") == 20 + 2 * 15 * 40
+    row = setup.execute("select min(version), max(version) from oplog_ticket").fetchone()
+    assert row == (32, 32)
