@@ -14,13 +14,12 @@ from typing import Any, TypeVar
 import psycopg
 
 from oplog import pgarray
-from oplog.entry import Entry
+from oplog.entry import WRITE_ENTRY, Entry
 from oplog.errors import TicketConflictError
 from oplog.log import (
     READ_METADATA,
     READ_PAGE,
     WRITE_MANY,
-    WRITE_ONE,
     BatchItem,
     OplogBase,
     _invisible_ticket,
@@ -51,7 +50,7 @@ class AsyncOplog(OplogBase):
         entry, params = self._prepare_write(aggregate_name, operations, metadata)
         for first in (True, False):
             with conflicts_as_ticket_errors(f"write entry for {aggregate_name!r}"):
-                row = await (await conn.execute(WRITE_ONE, params)).fetchone()
+                row = await (await conn.execute(WRITE_ENTRY, params)).fetchone()
             if row is not None:
                 return _written(entry, row)
             if first:

@@ -14,17 +14,22 @@ from oplog.ticket import Ticket, Ticketer, conflicts_as_ticket_errors
 from oplog.wrapping import Wrapper
 from oplog.writer import Writer
 
-__all__ = ["Entry", "Metadata", "normalize_metadata"]
+__all__ = ["WRITE_ENTRY", "Entry", "Metadata", "metadata_rows", "normalize_metadata"]
 
 Metadata = dict[str, list[str]]
 """Key -> values. A key with an empty list is stored as a key without a value."""
 
-# Redeem, insert the entry and its metadata in one statement. The entry is inserted only from
-# the ticket row the redeem returned, so a conflict inserts nothing and burns no identity value.
-_WRITE = """
+# Redeem the ticket and insert the entry and its metadata in one statement (one round trip).
+# The entry is inserted only from the ticket row the redeem returned, so a conflict inserts
+# nothing and burns no identity value. With a ticket version (Entry.write) the redeem succeeds
+# only from that version; without one (Oplog.write) it takes the current one, waiting for a
+# concurrent writer at READ COMMITTED and failing with a serialization error above it. No row
+# back means a stale version, or a ticket that does not exist yet.
+WRITE_ENTRY = """
 with ticket as (
   update oplog_ticket set version = version + 1, update_time = current_timestamp
-  where id = %(ticket_id)s and version = %(ticket_version)s
+  where name = %(ticket)s
+    and (%(ticket_version)s::bigint is null or version = %(ticket_version)s::bigint)
   returning id
 ), entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id)
@@ -249,9 +254,9 @@ class Entry:
         keys, values = metadata_rows(self.metadata)
         with conflicts_as_ticket_errors(f"write entry for {self.aggregate_name!r}"):
             row = writer.conn.execute(
-                _WRITE,
+                WRITE_ENTRY,
                 {
-                    "ticket_id": ticket.id,
+                    "ticket": ticket.name,
                     "ticket_version": ticket.version,
                     "version": self.version,
                     "aggregate_name": self.aggregate_name,

@@ -10,7 +10,7 @@ import psycopg
 
 from oplog import _core, pgarray
 from oplog.catalog import TypeCatalog
-from oplog.entry import Entry, Metadata, metadata_rows, normalize_metadata
+from oplog.entry import WRITE_ENTRY, Entry, Metadata, metadata_rows, normalize_metadata
 from oplog.errors import InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Version
@@ -29,26 +29,6 @@ from oplog.writer import Writer
 __all__ = ["BatchItem", "Oplog", "OplogBase"]
 
 _PAGE = 500
-
-# Redeem the aggregate's ticket and insert the entry and its metadata in one round trip. The
-# UPDATE waits for a concurrent writer of the same aggregate (READ COMMITTED) or fails with a
-# serialization error (REPEATABLE READ and up); no row back means the ticket does not exist yet.
-WRITE_ONE = """
-with ticket as (
-  update oplog_ticket set version = version + 1, update_time = current_timestamp
-  where name = %(ticket)s
-  returning id
-), entry as (
-  insert into oplog_entry (version, aggregate_name, data, key_id)
-  select %(version)s, %(aggregate_name)s, %(data)b, %(key_id)s from ticket
-  returning id, create_time
-), metadata as (
-  insert into oplog_metadata (entry_id, key, value)
-  select entry.id, m.key, m.value
-  from entry, unnest(%(keys)s::text[], %(values)s::text[]) as m (key, value)
-)
-select id, create_time from entry
-"""
 
 # A batch in one round trip: lock the batch's tickets in name order, redeem each once, insert
 # the entries in input order (so their ids ascend with it) and their metadata. Nothing happens
@@ -185,6 +165,7 @@ class OplogBase:
         keys, values = metadata_rows(entry.metadata)
         return entry, {
             "ticket": ticket,
+            "ticket_version": None,
             "version": entry.version,
             "aggregate_name": aggregate_name,
             "data": entry.data,
@@ -283,7 +264,7 @@ class Oplog(OplogBase):
         entry, params = self._prepare_write(aggregate_name, operations, metadata)
         for first in (True, False):
             with conflicts_as_ticket_errors(f"write entry for {aggregate_name!r}"):
-                row = conn.execute(WRITE_ONE, params).fetchone()
+                row = conn.execute(WRITE_ENTRY, params).fetchone()
             if row is not None:
                 return _written(entry, row)
             if first:
