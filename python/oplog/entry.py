@@ -28,17 +28,17 @@ Metadata = dict[str, list[str]]
 WRITE_ENTRY = """
 with ticket as (
   update oplog_ticket set version = version + 1, update_time = current_timestamp
-  where name = %(ticket)s
-    and (%(ticket_version)s::bigint is null or version = %(ticket_version)s::bigint)
+  where name = %(ticket)b::text
+    and (%(ticket_version)b::bigint is null or version = %(ticket_version)b::bigint)
   returning id
 ), entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id)
-  select %(version)s, %(aggregate_name)s, %(data)b, %(key_id)s from ticket
+  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
   returning id, create_time
 ), metadata as (
   insert into oplog_metadata (entry_id, key, value)
   select entry.id, m.key, m.value
-  from entry, unnest(%(keys)s::text[], %(values)s::text[]) as m (key, value)
+  from entry, unnest(%(keys)b::text[], %(values)b::text[]) as m (key, value)
 )
 select id, create_time from entry
 """
