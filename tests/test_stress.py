@@ -17,13 +17,13 @@ PROCESSES = 8
 WRITES = 500
 
 
-def _run(dsn: str, aggregates: list[str], lock: str) -> dict[str, float]:
+def _run(dsn: str, aggregates: list[str], lock: str, style: str) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with ctx.Pool(PROCESSES) as pool:
         results = pool.starmap(
             workers.write_many,
-            [(dsn, worker, WRITES, aggregates, lock) for worker in range(PROCESSES)],
+            [(dsn, worker, WRITES, aggregates, lock, style) for worker in range(PROCESSES)],
         )
     elapsed = time.perf_counter() - start
     return {
@@ -48,31 +48,42 @@ def _check_log(conn: psycopg.Connection[Any], expected: int) -> None:
     assert sorted(logged) == sorted(data), "the log and the data disagree"
 
 
+HOT = ["hot"]
+SPREAD = [f"agg{i}" for i in range(64)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("aggregates", "lock"),
+    ("aggregates", "lock", "style"),
     [
-        (["hot"], "optimistic"),
-        (["hot"], "pessimistic"),
-        ([f"agg{i}" for i in range(64)], "optimistic"),
-        ([f"agg{i}" for i in range(64)], "pessimistic"),
+        (HOT, "optimistic", "ticket-first"),
+        (HOT, "pessimistic", "ticket-first"),
+        (HOT, "optimistic", "oplog"),
+        (SPREAD, "optimistic", "ticket-first"),
+        (SPREAD, "optimistic", "oplog"),
     ],
-    ids=["hot-optimistic", "hot-pessimistic", "64-optimistic", "64-pessimistic"],
+    ids=[
+        "hot-optimistic-ticket-first",
+        "hot-pessimistic-ticket-first",
+        "hot-oplog-write",
+        "64-optimistic-ticket-first",
+        "64-oplog-write",
+    ],
 )
 def test_concurrent_writers_lose_and_duplicate_nothing(
-    dsn: str, conn: psycopg.Connection[Any], aggregates: list[str], lock: str
+    dsn: str, conn: psycopg.Connection[Any], aggregates: list[str], lock: str, style: str
 ) -> None:
     """8 processes x 500 writes: count(data) = count(entries) = sum(version - 1), every write
-    logged once; pessimistic locking needs no retries."""
+    logged once; pessimistic tickets and the one-statement Oplog.write need no retries."""
     conn.autocommit = True
     for name in aggregates:
         oplog.Ticketer(conn).init_ticket(name)
-    stats = _run(dsn, aggregates, lock)
+    stats = _run(dsn, aggregates, lock, style)
     print(
-        f"\n{lock} over {len(aggregates)} aggregate(s): {stats['writes']:.0f} writes in "
+        f"\n{style} {lock} over {len(aggregates)} aggregate(s): {stats['writes']:.0f} writes in "
         f"{stats['seconds']:.1f} s ({stats['writes'] / stats['seconds']:.0f}/s), "
         f"{stats['retries']:.0f} retries"
     )
     _check_log(conn, PROCESSES * WRITES)
-    if lock == "pessimistic":
+    if lock == "pessimistic" or style == "oplog":
         assert stats["retries"] == 0
