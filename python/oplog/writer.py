@@ -9,7 +9,7 @@ Go spelling (``PhoneNumber`` is ``phone_number``). Every identifier is composed 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
@@ -104,6 +104,11 @@ class _Mapping:
 
 
 _MAPPINGS: dict[tuple[type[Message], Table], _Mapping] = {}
+
+# Composed statement texts by (encoding, kind, mapping, shape); bounded, since every distinct
+# mask combination is a shape.
+_COMPILED: dict[tuple[Any, ...], bytes] = {}
+_COMPILED_MAX = 4096
 
 
 def _mapping(cls: type[Message], table: Table) -> _Mapping:
@@ -238,19 +243,39 @@ class Writer:
             )
         raise InvalidParameterError(f"on-conflict action {action!r} is not supported")
 
+    def _compiled(self, key: tuple[Any, ...], build: Callable[[], sql.Composable]) -> bytes:
+        """The SQL text of a statement, composed once per shape and connection encoding:
+        composing and quoting cost more than the rest of a small write."""
+        full = (self._conn.info.encoding, *key)
+        query = _COMPILED.get(full)
+        if query is None:
+            query = build().as_bytes(self._conn)
+            if len(_COMPILED) < _COMPILED_MAX:
+                _COMPILED[full] = query
+        return query
+
     def _insert(
         self, m: _Mapping, msg: Message, override: bool, options: OperationOptions | None = None
-    ) -> tuple[sql.Composed, list[Any]]:
+    ) -> tuple[bytes, list[Any]]:
         generated = all(_is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
         columns = [c for c in m.columns if not (generated and c in m.primary_key)]
-        query = sql.SQL("insert into {} ({}){} values ({}){} returning {}").format(
-            sql.Identifier(m.table.name),
-            sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
-            sql.SQL(" overriding system value" if override else ""),
-            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-            self._on_conflict(m, columns, options),
-            sql.SQL(", ").join(sql.Identifier(c.name) for c in m.columns),
+        conflict = (
+            options.with_on_conflict.SerializeToString()
+            if options is not None and options.HasField("with_on_conflict")
+            else None
         )
+
+        def build() -> sql.Composable:
+            return sql.SQL("insert into {} ({}){} values ({}){} returning {}").format(
+                sql.Identifier(m.table.name),
+                sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
+                sql.SQL(" overriding system value" if override else ""),
+                sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                self._on_conflict(m, columns, options),
+                sql.SQL(", ").join(sql.Identifier(c.name) for c in m.columns),
+            )
+
+        query = self._compiled(("insert", m, generated, override, conflict), build)
         return query, [to_db(msg, c) for c in columns]
 
     def create(
@@ -299,7 +324,7 @@ class Writer:
             raise InvalidParameterError("create_items needs messages of one type")
         m = self._map(msgs[0], table)
         batches = [self._insert(m, msg, _override) for msg in msgs]
-        if len({q.as_string(self._conn) for q, _ in batches}) > 1:
+        if len({q for q, _ in batches}) > 1:
             # Some keys are generated and some given: the statements differ; run each.
             for msg in msgs:
                 self.create(msg, table, _override=_override)
@@ -355,8 +380,12 @@ class Writer:
         assignments += [sql.SQL("{} = null").format(sql.Identifier(c.name)) for c in nulls]
         where, params = self._where_key(m, msg)
         where, params = self._with_version(m, where, params, options)
-        query = sql.SQL("update {} set {} where {}").format(
-            sql.Identifier(m.table.name), sql.SQL(", ").join(assignments), where
+        key = ("update", m, *(c.name for c in sets), None, *(c.name for c in nulls), len(params))
+        query = self._compiled(
+            key,
+            lambda: sql.SQL("update {} set {} where {}").format(
+                sql.Identifier(m.table.name), sql.SQL(", ").join(assignments), where
+            ),
         )
         cur = self._conn.execute(query, [*(to_db(msg, c) for c in sets), *params])
         return cur.rowcount
@@ -386,7 +415,10 @@ class Writer:
         m = self._map(msg, table)
         where, params = self._where_key(m, msg)
         where, params = self._with_version(m, where, params, options)
-        query = sql.SQL("delete from {} where {}").format(sql.Identifier(m.table.name), where)
+        query = self._compiled(
+            ("delete", m, len(params)),
+            lambda: sql.SQL("delete from {} where {}").format(sql.Identifier(m.table.name), where),
+        )
         return self._conn.execute(query, params).rowcount
 
     def delete_items(self, msgs: Sequence[Message], table: str | None = None) -> int:
