@@ -245,3 +245,18 @@ def test_demo_runs_as_an_ordinary_user(tmp_path: Path) -> None:
     finally:
         subprocess.run([*run, "server", "stop"], env=env, capture_output=True, check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_root_default_data_dir_stays_out_of_root_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without XDG_DATA_HOME, root's embedded server lives in /var/lib (pgserver would make
+    /root traversable otherwise); other users' lives under ~/.local/share."""
+    from oplog import embedded
+
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert embedded.default_data_dir() == Path("/var/lib/oplog/pgdata")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert embedded.default_data_dir() == Path("/home/someone/.local/share/oplog/pgdata")
+    monkeypatch.setenv("XDG_DATA_HOME", "/data")
+    assert embedded.default_data_dir() == Path("/data/oplog/pgdata")

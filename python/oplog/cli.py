@@ -1,7 +1,8 @@
 """The ``oplog`` command: inspect, verify and replay an operation log, and run the demo.
 
 Database: ``--dsn`` or ``OPLOG_DSN``; with neither, an embedded PostgreSQL in ``--data-dir``
-(default ``$XDG_DATA_HOME/oplog/pgdata``), started on demand and left running for later runs.
+(default ``$XDG_DATA_HOME/oplog/pgdata``; for root ``/var/lib/oplog/pgdata``), started on demand
+and left running for later runs.
 Keys: ``--key-file`` or ``OPLOG_KEY_FILE`` (default ``$XDG_DATA_HOME/oplog/keys.json``).
 
 Exit codes: 0 success; 1 verification found a problem; 2 usage error; 3 database unreachable

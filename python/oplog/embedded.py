@@ -17,9 +17,21 @@ class EmbeddedServerError(OplogError):
     """The embedded server is not installed or did not start or stop."""
 
 
+ROOT_DATA_DIR = Path("/var/lib/oplog/pgdata")
+
+
 def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/oplog/pgdata`` (``~/.local/share/oplog/pgdata`` by default)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    """``$XDG_DATA_HOME/oplog/pgdata`` (``~/.local/share/oplog/pgdata`` by default).
+
+    For root without ``XDG_DATA_HOME``, ``/var/lib/oplog/pgdata``: as root, pgserver runs the
+    server as its own ``pgserver`` account and makes every parent of the data directory
+    traversable for it, which under ``/root`` would open up root's home directory.
+    """
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base:
+        if os.geteuid() == 0:
+            return ROOT_DATA_DIR
+        base = str(Path.home() / ".local" / "share")
     return Path(base) / "oplog" / "pgdata"
 
 
