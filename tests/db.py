@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
 from typing import Any
 
 import psycopg
@@ -75,3 +77,21 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
     row = conn.execute(f"select count(*) from {table}").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def settle(fut: Future[Any], pid: int, monitor: psycopg.Connection[Any]) -> bool:
+    """Waits until a statement running on backend `pid` finishes (True) or waits on a lock
+    (False), as ``pg_stat_activity`` sees it from `monitor`; no timing guesses."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if fut.done():
+            fut.result()
+            return True
+        row = monitor.execute(
+            "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
+        ).fetchone()
+        if row is not None and row[0] == "Lock":
+            # The statement may have finished between the two checks; done() decides.
+            return fut.done()
+        time.sleep(0.002)
+    raise AssertionError("a statement neither finished nor waited on a lock within 20 s")

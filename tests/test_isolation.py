@@ -11,7 +11,6 @@ compares.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from psycopg import IsolationLevel
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestUser
-from tests.db import CATALOG, WRAPPER, count, reset
+from tests.db import CATALOG, WRAPPER, count, reset, settle
 
 STEPS = ("g", "d", "w", "c")  # get ticket, write data, write entry + redeem, commit/rollback
 AGGREGATE = "users"
@@ -170,23 +169,6 @@ class _Session:
         self.conn.close()
 
 
-def _settle(fut: Future[None], pid: int, monitor: psycopg.Connection[Any]) -> bool:
-    """Waits until the step finishes (True) or its backend waits on a lock (False)."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if fut.done():
-            fut.result()
-            return True
-        row = monitor.execute(
-            "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
-        ).fetchone()
-        if row is not None and row[0] == "Lock":
-            # The step may have finished between the two checks; done() decides.
-            return fut.done()
-        time.sleep(0.002)
-    raise AssertionError("a step neither finished nor waited on a lock within 20 s")
-
-
 def run_real(
     dsn: str,
     monitor: psycopg.Connection[Any],
@@ -207,14 +189,14 @@ def run_real(
             step = STEPS[progress[name]]
             progress[name] += 1
             fut = sessions[name].pool.submit(sessions[name].step, step)
-            if not _settle(fut, sessions[name].pid, monitor):
+            if not settle(fut, sessions[name].pid, monitor):
                 pending[name] = fut
             for other in "AB":
                 waiting = pending[other]
                 if (
                     other != name
                     and waiting is not None
-                    and _settle(waiting, sessions[other].pid, monitor)
+                    and settle(waiting, sessions[other].pid, monitor)
                 ):
                     pending[other] = None
         if any(pending.values()):
@@ -308,7 +290,7 @@ def test_the_seed_scenario_with_the_second_redeem_blocking(connect: Any) -> None
     b.writer.create(TestUser(name="B"))
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(b.entry, tb, "B")
-        assert not _settle(fut, b.conn.info.backend_pid, setup), "the redeem must wait"
+        assert not settle(fut, b.conn.info.backend_pid, setup), "the redeem must wait"
         a.conn.commit()
         with pytest.raises(oplog.TicketConflictError):
             fut.result(timeout=20)

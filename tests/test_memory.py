@@ -75,6 +75,7 @@ def test_a_64_mib_queue_of_1_mib_messages_decodes_under_3x_its_size(tmp_path: Pa
         text=True,
     ).stdout
     peak, length = map(int, out.split())
+    print(f"\npeak {peak / MIB:.0f} MiB for a {length / MIB:.0f} MiB queue")
     assert length >= 64 * MIB - count * 64
     assert peak < 3 * length, f"peak {peak / MIB:.0f} MiB for a {length / MIB:.0f} MiB queue"
 

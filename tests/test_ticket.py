@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
 
 import oplog
+from tests.db import settle
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
@@ -91,17 +91,13 @@ def test_pessimistic_reader_waits_for_the_holder(connect: Connect) -> None:
     ta = oplog.Ticketer(a, lock="pessimistic")
     tb = oplog.Ticketer(b)
     ticket_a = ta.get_ticket("users")
-    seen: list[oplog.Ticket] = []
-    reader = threading.Thread(
-        target=lambda: seen.append(tb.get_ticket("users", lock="pessimistic"))
-    )
-    reader.start()
-    time.sleep(0.3)
-    assert seen == [], "the second reader must be blocked by FOR UPDATE"
-    ta.redeem(ticket_a)
-    a.commit()
-    reader.join(timeout=10)
-    assert seen == [oplog.Ticket(ticket_a.id, "users", 2)]
-    tb.redeem(seen[0])
+    with ThreadPoolExecutor(1) as pool:
+        read = pool.submit(tb.get_ticket, "users", lock="pessimistic")
+        assert not settle(read, b.info.backend_pid, setup), "FOR UPDATE must wait for A"
+        ta.redeem(ticket_a)
+        a.commit()
+        seen = read.result(timeout=20)
+    assert seen == oplog.Ticket(ticket_a.id, "users", 2)
+    tb.redeem(seen)
     b.commit()
     assert oplog.Ticketer(setup).get_ticket("users").version == 3
