@@ -15,6 +15,17 @@ from oplog.log import BatchItem
 from tests.db import CATALOG, WRAPPER
 
 
+class _Tally:
+    """Attempts and retries of one run_in_transaction call."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.retries = 0
+
+    def retried(self, attempt: int, conflict: oplog.TicketConflictError) -> None:
+        self.retries += 1
+
+
 class SyncDriver:
     """The sync API on a psycopg Connection."""
 
@@ -50,22 +61,16 @@ class SyncDriver:
         self, items: list[BatchItem], before_write: Callable[[int], None]
     ) -> tuple[list[int], int]:
         """write_many(items) in run_in_transaction, calling before_write(attempt) first."""
-        retries = 0
-        attempts = 0
-
-        def count(attempt: int, conflict: oplog.TicketConflictError) -> None:
-            nonlocal retries
-            retries += 1
+        tally = _Tally()
 
         def unit(conn: psycopg.Connection[Any]) -> list[int]:
-            nonlocal attempts
-            attempts += 1
+            tally.attempts += 1
             conn.execute("select 1")  # take the snapshot before the side effect
-            before_write(attempts)
+            before_write(tally.attempts)
             return self.log.write_many(conn, items)
 
-        ids = oplog.run_in_transaction(self.conn, unit, on_retry=count)
-        return ids, retries
+        ids = oplog.run_in_transaction(self.conn, unit, on_retry=tally.retried)
+        return ids, tally.retries
 
     def close(self) -> None:
         self.conn.close()
@@ -110,22 +115,18 @@ class AsyncDriver:
         self, items: list[BatchItem], before_write: Callable[[int], None]
     ) -> tuple[list[int], int]:
         """write_many(items) in aio.run_in_transaction, calling before_write(attempt) first."""
-        retries = 0
-        attempts = 0
-
-        def count(attempt: int, conflict: oplog.TicketConflictError) -> None:
-            nonlocal retries
-            retries += 1
+        tally = _Tally()
 
         async def unit(conn: psycopg.AsyncConnection[Any]) -> list[int]:
-            nonlocal attempts
-            attempts += 1
+            tally.attempts += 1
             await conn.execute("select 1")
-            before_write(attempts)
+            before_write(tally.attempts)
             return await self.log.write_many(conn, items)
 
-        ids = self.loop.run_until_complete(aio.run_in_transaction(self.conn, unit, on_retry=count))
-        return ids, retries
+        ids = self.loop.run_until_complete(
+            aio.run_in_transaction(self.conn, unit, on_retry=tally.retried)
+        )
+        return ids, tally.retries
 
     def close(self) -> None:
         self.loop.run_until_complete(self.conn.close())

@@ -31,7 +31,8 @@ from psycopg import sql
 
 import oplog
 from oplog import _core, embedded, keyfile, schema
-from oplog.entry import Entry
+from oplog.entry import Entry, Metadata, group_metadata
+from oplog.log import READ_METADATA
 from oplog.replay import tables_equal
 
 EXIT_OK = 0
@@ -338,16 +339,8 @@ def cmd_ls(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, dict[str, list[str]]]:
-    out: dict[int, dict[str, list[str]]] = {}
-    for entry_id, key, value in conn.execute(
-        "select entry_id, key, value from oplog_metadata where entry_id = any(%s) order by id",
-        (ids,),
-    ).fetchall():
-        values = out.setdefault(entry_id, {}).setdefault(key, [])
-        if value is not None:
-            values.append(value)
-    return out
+def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Metadata]:
+    return group_metadata(conn.execute(READ_METADATA, (ids,)).fetchall())
 
 
 def cmd_show(ctx: Context) -> int:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from oplog.catalog import TypeCatalog
 from oplog.errors import InvalidParameterError, TicketConflictError
@@ -14,7 +15,14 @@ from oplog.ticket import Ticket, Ticketer, conflicts_as_ticket_errors
 from oplog.wrapping import Wrapper
 from oplog.writer import Writer
 
-__all__ = ["WRITE_ENTRY", "Entry", "Metadata", "metadata_rows", "normalize_metadata"]
+__all__ = [
+    "WRITE_ENTRY",
+    "Entry",
+    "Metadata",
+    "group_metadata",
+    "metadata_rows",
+    "normalize_metadata",
+]
 
 Metadata = dict[str, list[str]]
 """Key -> values. A key with an empty list is stored as a key without a value."""
@@ -72,6 +80,17 @@ def metadata_rows(metadata: Metadata) -> tuple[list[str], list[str | None]]:
             keys.append(key)
             values.append(value)
     return keys, values
+
+
+def group_metadata(rows: Iterable[Sequence[Any]]) -> dict[int, Metadata]:
+    """The inverse of :func:`metadata_rows` over stored ``(entry_id, key, value)`` rows:
+    metadata per entry id, a NULL value meaning a key without values."""
+    out: dict[int, Metadata] = {}
+    for entry_id, key, value in rows:
+        values = out.setdefault(entry_id, {}).setdefault(key, [])
+        if value is not None:
+            values.append(value)
+    return out
 
 
 class Entry:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -10,7 +9,7 @@ import psycopg
 
 from oplog import _core, pgarray
 from oplog.catalog import TypeCatalog
-from oplog.entry import WRITE_ENTRY, Entry, Metadata, metadata_rows, normalize_metadata
+from oplog.entry import WRITE_ENTRY, Entry, group_metadata, metadata_rows, normalize_metadata
 from oplog.errors import InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Version
@@ -104,11 +103,7 @@ class _Pages:
         return (self.last, self.aggregate_name, self.aggregate_name, self.page)
 
     def entries(self, rows: list[Any], metadata_rows: list[Any], wrapper: Wrapper) -> list[Entry]:
-        metadata: dict[int, Metadata] = defaultdict(dict)
-        for entry_id, key, value in metadata_rows:
-            values = metadata[entry_id].setdefault(key, [])
-            if value is not None:
-                values.append(value)
+        metadata = group_metadata(metadata_rows)
         out = []
         for id_, create_time, version, name, data, key_id in rows:
             entry = Entry.from_row(
