@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 
 import oplog
 from tests.db import TEST_TABLES, reset
+from tests.drivers import DRIVERS, Driver
 from tests.pg import Server, running_server
 
 # The machine is shared and noisy: no per-example deadline, and no failure when the first draw
@@ -100,3 +101,20 @@ def connect(
     yield _connect
     for connection in opened:
         connection.close()
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def make_driver(
+    request: pytest.FixtureRequest, dsn: str, conn: psycopg.Connection[Any]
+) -> Iterator[Callable[..., Driver]]:
+    """Opens drivers of one kind (sync or async) on the emptied module database."""
+    opened: list[Driver] = []
+
+    def make(isolation: psycopg.IsolationLevel | None = None) -> Driver:
+        driver = DRIVERS[request.param](dsn, isolation)
+        opened.append(driver)
+        return driver
+
+    yield make
+    for driver in opened:
+        driver.close()

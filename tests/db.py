@@ -62,8 +62,8 @@ def reset(conn: psycopg.Connection[Any]) -> None:
         for (name,) in extra:
             conn.execute(f"drop table {name}")  # names come from pg_tables, quoted by the server
         conn.execute(
-            "truncate oplog_entry, oplog_metadata, oplog_ticket, users, cars, rentals, documents"
-            " restart identity cascade"
+            "truncate oplog_entry, oplog_metadata, oplog_ticket, oplog_consumer,"
+            " users, cars, rentals, documents restart identity cascade"
         )
 
 

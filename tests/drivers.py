@@ -4,6 +4,8 @@ test has one body and runs against both (``oplog.Oplog`` and ``oplog.aio.AsyncOp
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +14,7 @@ import psycopg
 import oplog
 from oplog import aio
 from oplog.log import BatchItem
+from oplog.tail import Checkpoint
 from tests.db import CATALOG, WRAPPER
 
 
@@ -47,6 +50,17 @@ class SyncDriver:
 
     def read(self, **kwargs: Any) -> list[oplog.Entry]:
         return list(self.log.read(self.conn, **kwargs))
+
+    def tail(self, n: int | None = None, **kwargs: Any) -> list[tuple[oplog.Entry, Checkpoint]]:
+        """Up to `n` items of log.tail(conn, **kwargs) (all of them when `n` is None)."""
+        out: list[tuple[oplog.Entry, Checkpoint]] = []
+        if n == 0:
+            return out
+        for item in self.log.tail(self.conn, **kwargs):
+            out.append(item)
+            if len(out) == n:
+                break
+        return out
 
     def execute(self, query: str) -> None:
         self.conn.execute(query.encode())
@@ -99,6 +113,37 @@ class AsyncDriver:
     def read(self, **kwargs: Any) -> list[oplog.Entry]:
         async def collect() -> list[oplog.Entry]:
             return [e async for e in self.log.read(self.conn, **kwargs)]
+
+        return self.loop.run_until_complete(collect())
+
+    def tail(self, n: int | None = None, **kwargs: Any) -> list[tuple[oplog.Entry, Checkpoint]]:
+        """Up to `n` items of log.tail(conn, **kwargs) (all of them when `n` is None); a
+        threading.Event `stop` is bridged to an asyncio.Event."""
+        stop = kwargs.pop("stop", None)
+
+        async def collect() -> list[tuple[oplog.Entry, Checkpoint]]:
+            out: list[tuple[oplog.Entry, Checkpoint]] = []
+            if n == 0:
+                return out
+            astop = asyncio.Event()
+            if stop is not None:
+                loop = asyncio.get_running_loop()
+
+                def relay() -> None:
+                    stop.wait()
+                    with contextlib.suppress(RuntimeError):  # the loop may be closed by then
+                        loop.call_soon_threadsafe(astop.set)
+
+                threading.Thread(target=relay, daemon=True).start()
+            items = self.log.tail(self.conn, stop=astop if stop is not None else None, **kwargs)
+            try:
+                async for item in items:
+                    out.append(item)
+                    if len(out) == n:
+                        break
+            finally:
+                await items.aclose()
+            return out
 
         return self.loop.run_until_complete(collect())
 

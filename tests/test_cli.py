@@ -114,8 +114,8 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     cli, dsn = cli_db
     cli("keygen")
     (migrated,) = cli.json("migrate")
-    assert migrated == {"applied": [1], "current": [1]}
-    assert cli.json("migrate") == [{"applied": [], "current": [1]}]
+    assert migrated == {"applied": [1, 2], "current": [1, 2]}
+    assert cli.json("migrate") == [{"applied": [], "current": [1, 2]}]
     cli("demo")
     entries = cli.json("ls")
     assert [e["id"] for e in entries] == list(range(1, 8))
@@ -149,7 +149,7 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     tickets = {s["name"]: s["version"] for s in stats if s["kind"] == "ticket"}
     assert sum(v - 1 for v in tickets.values()) == 7
     (down,) = cli.json("migrate", "--down")
-    assert down["reverted"] == [1]
+    assert down["reverted"] == [2, 1]
     cli.one_line_error("ls", code=5)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -13,27 +13,10 @@ import oplog
 from oplog.log import BatchItem
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from tests.db import CATALOG, WRAPPER, count
-from tests.drivers import DRIVERS, Driver
+from tests.drivers import Driver
 
 MakeDriver = Callable[..., Driver]
 Connect = Callable[..., psycopg.Connection[Any]]
-
-
-@pytest.fixture(params=sorted(DRIVERS))
-def make_driver(
-    request: pytest.FixtureRequest, dsn: str, conn: psycopg.Connection[Any]
-) -> Iterator[MakeDriver]:
-    """Opens drivers of one kind (sync or async) on the emptied module database."""
-    opened: list[Driver] = []
-
-    def make(isolation: psycopg.IsolationLevel | None = None) -> Driver:
-        driver = DRIVERS[request.param](dsn, isolation)
-        opened.append(driver)
-        return driver
-
-    yield make
-    for driver in opened:
-        driver.close()
 
 
 def _items(n: int, aggregates: list[str]) -> list[BatchItem]:

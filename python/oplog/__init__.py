@@ -23,6 +23,7 @@ from oplog.operation import Operation, OperationOptions, OpType
 from oplog.queue import Queue
 from oplog.replay import Replayer
 from oplog.schema import migrate, migrate_down
+from oplog.tail import Checkpoint, Consumer
 from oplog.ticket import Ticket, Ticketer
 from oplog.transaction import run_in_transaction
 from oplog.wrapping import AeadWrapper, MultiWrapper, Wrapper
@@ -30,6 +31,8 @@ from oplog.writer import Writer
 
 __all__ = [
     "AeadWrapper",
+    "Checkpoint",
+    "Consumer",
     "DecodeError",
     "DecryptError",
     "Entry",

@@ -8,7 +8,16 @@ differs. Replay and the lower-level pieces (Writer, Ticketer, Entry) are synchro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +36,15 @@ from oplog.log import (
     _written,
 )
 from oplog.operation import Operation
+from oplog.tail import (
+    SNAPSHOT,
+    TAIL_METADATA,
+    TAIL_PAGE,
+    Checkpoint,
+    _Cursor,
+    _listen,
+    check_tail_arguments,
+)
 from oplog.ticket import INIT_TICKET, conflicts_as_ticket_errors
 from oplog.transaction import backoff_seconds, check_retry_arguments
 
@@ -92,6 +110,71 @@ class AsyncOplog(OplogBase):
             metadata = await (await conn.execute(READ_METADATA, (ids,))).fetchall() if ids else []
             for entry in pages.entries(rows, metadata, self.wrapper):
                 yield entry
+
+    async def tail(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        after: Checkpoint | str | None = None,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: asyncio.Event | None = None,
+        follow: bool = True,
+    ) -> AsyncGenerator[tuple[Entry, Checkpoint], None]:
+        """Yields every committed entry after `after` exactly once, with the checkpoint after
+        it, then waits for more; see :meth:`oplog.Oplog.tail`. `stop` is an asyncio.Event."""
+        check_tail_arguments(conn, batch_size, poll_interval, channel)
+        cursor = _Cursor(Checkpoint.of(after), batch_size)
+        if channel is not None:
+            await conn.execute(_listen(channel))
+            if not conn.autocommit:
+                await conn.commit()
+        while stop is None or not stop.is_set():
+            if cursor.needs_snapshot:
+                row = await (await conn.execute(SNAPSHOT)).fetchone()
+                assert row is not None
+                cursor.begin(row[0])
+            rows = await (await conn.execute(TAIL_PAGE, cursor.params())).fetchall()
+            ids = [row[0] for row in rows]
+            metadata = await (await conn.execute(TAIL_METADATA, (ids,))).fetchall() if ids else []
+            if not conn.autocommit:
+                await conn.commit()
+            for item in cursor.page(rows, metadata, self.wrapper):
+                yield item
+            if cursor.caught_up:
+                if not follow:
+                    return
+                await _wait(conn, channel, poll_interval, stop)
+
+
+async def _wait(
+    conn: psycopg.AsyncConnection[Any],
+    channel: str | None,
+    seconds: float,
+    stop: asyncio.Event | None,
+) -> None:
+    """Waits up to `seconds` for a notification on `channel` (if any), or for `stop`."""
+    waits: list[asyncio.Task[Any]] = []
+    if channel is not None:
+        waits.append(asyncio.ensure_future(_notified(conn)))
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.wait()))
+    if not waits:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _notified(conn: psycopg.AsyncConnection[Any]) -> None:
+    async for _ in conn.notifies(stop_after=1):
+        return
 
 
 async def run_in_transaction(

@@ -19,6 +19,7 @@ __all__ = [
     "WRITE_ENTRY",
     "Entry",
     "Metadata",
+    "entries_from_rows",
     "group_metadata",
     "metadata_rows",
     "normalize_metadata",
@@ -307,3 +308,24 @@ class Entry:
             f"Entry(id={self.id!r}, aggregate_name={self.aggregate_name!r}, "
             f"version={self.version!r}, key_id={self.key_id!r}, {state} {len(self.data)} bytes)"
         )
+
+
+def entries_from_rows(
+    rows: Iterable[Sequence[Any]], metadata: Iterable[Sequence[Any]], wrapper: Wrapper
+) -> list[Entry]:
+    """Entries from stored ``(id, create_time, version, aggregate_name, data, key_id)`` rows
+    and their ``(entry_id, key, value)`` metadata rows, decrypted with `wrapper`.
+
+    Raises:
+        DecryptError: An entry does not decrypt with `wrapper`.
+    """
+    by_entry = group_metadata(metadata)
+    out = []
+    for id_, create_time, version, name, data, key_id in rows:
+        entry = Entry.from_row(
+            id=id_, create_time=create_time, version=version, aggregate_name=name,
+            data=bytes(data), key_id=key_id, metadata=by_entry.get(id_, {}), wrapper=wrapper,
+        )  # fmt: skip
+        entry.decrypt_data()
+        out.append(entry)
+    return out

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import psycopg
 
 from oplog import _core, pgarray
 from oplog.catalog import TypeCatalog
-from oplog.entry import WRITE_ENTRY, Entry, group_metadata, metadata_rows, normalize_metadata
+from oplog.entry import (
+    WRITE_ENTRY,
+    Entry,
+    entries_from_rows,
+    metadata_rows,
+    normalize_metadata,
+)
 from oplog.errors import InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Version
 from oplog.replay import Replayer
+from oplog.tail import SNAPSHOT, Checkpoint, Consumer, consume, tail_pages
 from oplog.ticket import (
     INIT_TICKET,
     LockMode,
@@ -103,15 +111,7 @@ class _Pages:
         return (self.last, self.aggregate_name, self.aggregate_name, self.page)
 
     def entries(self, rows: list[Any], metadata_rows: list[Any], wrapper: Wrapper) -> list[Entry]:
-        metadata = group_metadata(metadata_rows)
-        out = []
-        for id_, create_time, version, name, data, key_id in rows:
-            entry = Entry.from_row(
-                id=id_, create_time=create_time, version=version, aggregate_name=name,
-                data=bytes(data), key_id=key_id, metadata=metadata.get(id_, {}), wrapper=wrapper,
-            )  # fmt: skip
-            entry.decrypt_data()
-            out.append(entry)
+        out = entries_from_rows(rows, metadata_rows, wrapper)
         if rows:
             self.last = rows[-1][0]
         if self.remaining is not None:
@@ -338,3 +338,105 @@ class Oplog(OplogBase):
             replayer.apply(entry.unmarshal_data(self.catalog))
             count += 1
         return count
+
+    def tail(
+        self,
+        conn: psycopg.Connection[Any],
+        after: Checkpoint | str | None = None,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: threading.Event | None = None,
+        follow: bool = True,
+    ) -> Iterator[tuple[Entry, Checkpoint]]:
+        """Yields every committed entry after checkpoint `after` exactly once, as
+        ``(entry, checkpoint after it)``, in an order that keeps each aggregate's entries in
+        ticket order; then waits for more (see :mod:`oplog.tail` for how).
+
+        Entries of a transaction still running are delivered once it commits (and never if it
+        rolls back); a long transaction delays only its own entries.
+
+        Args:
+            conn: A connection of the tail's own, outside any transaction; each poll is one
+                short transaction on it.
+            after: Where to start: a checkpoint (or its text form) a previous tail yielded;
+                None (default) starts before the first entry.
+            batch_size: Entries read per query.
+            poll_interval: Seconds to wait after a poll that found nothing new.
+            channel: Also LISTEN on this channel and poll as soon as a notification arrives
+                (writers then ``NOTIFY`` it; PostgreSQL serializes the commits of notifying
+                transactions, so that is a latency-for-throughput choice).
+            stop: Ends the tail when set, also while it waits.
+            follow: False ends the tail as soon as it has caught up.
+
+        Raises:
+            InvalidParameterError: Bad arguments, or `conn` is inside a transaction.
+            DecryptError: An entry does not decrypt with this log's wrapper.
+        """
+        for page in tail_pages(
+            conn, self.wrapper, Checkpoint.of(after), batch_size=batch_size,
+            poll_interval=poll_interval, channel=channel, stop=stop, follow=follow,
+        ):  # fmt: skip
+            yield from page
+
+    def consume(
+        self,
+        source: psycopg.Connection[Any],
+        target: psycopg.Connection[Any],
+        consumer: Consumer | str,
+        apply: Callable[[psycopg.Connection[Any], Entry], object],
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: threading.Event | None = None,
+        follow: bool = True,
+    ) -> int:
+        """Tails the log on `source` from the consumer's saved position and calls
+        ``apply(target, entry)`` for each entry; every page of entries is applied and the
+        consumer's position (in `target`'s ``oplog_consumer`` table) advanced in one
+        transaction on `target`. Each entry is applied exactly once across crashes and
+        restarts, also with several processes running the same consumer.
+
+        `source` and `target` may be two connections to the same database. Arguments as in
+        :meth:`tail`.
+
+        Returns:
+            The number of entries applied (when `follow` is False or `stop` is set).
+        """
+        if not isinstance(consumer, Consumer):
+            consumer = Consumer(consumer)
+        return consume(
+            source, target, self.wrapper, consumer, apply, batch_size=batch_size,
+            poll_interval=poll_interval, channel=channel, stop=stop, follow=follow,
+        )  # fmt: skip
+
+    def replicate(
+        self,
+        source: psycopg.Connection[Any],
+        target: psycopg.Connection[Any],
+        consumer: Consumer | str = "replica",
+        **options: Any,
+    ) -> int:
+        """Applies every entry of the log on `source` to the same tables on `target` (replay
+        without a suffix), exactly once and in commit order: :meth:`consume` with a replaying
+        `apply`. `target` needs oplog's tables (:func:`oplog.migrate`) and the replicated
+        tables. Options as in :meth:`consume`.
+
+        Returns:
+            The number of entries applied (when `follow` is False or `stop` is set).
+        """
+        catalog = self.catalog
+
+        def replay(conn: psycopg.Connection[Any], entry: Entry) -> None:
+            Replayer(Writer(conn, catalog), "").apply(entry.unmarshal_data(catalog))
+
+        return self.consume(source, target, consumer, replay, **options)
+
+    def checkpoint(self, conn: psycopg.Connection[Any]) -> Checkpoint:
+        """The current end of the log: a tail from here delivers only entries of transactions
+        that commit later (also those already running)."""
+        row = conn.execute(SNAPSHOT).fetchone()
+        assert row is not None
+        return Checkpoint(row[0])

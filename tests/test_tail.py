@@ -1,0 +1,360 @@
+"""The commit-ordered tail: exactly once, per-aggregate order, checkpoints, consumers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+
+import oplog
+from oplog.proto.oplog_test_pb2 import TestUser
+from tests.db import CATALOG, WRAPPER, settle
+from tests.drivers import Driver
+from tests.pg import Server
+
+MakeDriver = Callable[..., Driver]
+Connect = Callable[..., psycopg.Connection[Any]]
+Items = list[tuple[oplog.Entry, oplog.Checkpoint]]
+
+LOG = oplog.Oplog(WRAPPER, CATALOG)
+
+
+def _op(name: str) -> oplog.Operation:
+    return oplog.Operation(TestUser(name=name), "user", oplog.OpType.CREATE)
+
+
+def _names(items: Items) -> list[str]:
+    return [
+        op.message.name  # type: ignore[attr-defined]
+        for entry, _ in items
+        for op in entry.unmarshal_data(CATALOG)
+    ]
+
+
+def _ids(items: Items) -> list[int]:
+    return [int(entry.id or 0) for entry, _ in items]
+
+
+def _commit(conn: psycopg.Connection[Any], aggregate: str, name: str, **metadata: str) -> None:
+    LOG.write(conn, aggregate, [_op(name)], metadata or None)
+    conn.commit()
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def test_checkpoint_text_round_trips() -> None:
+    for cp in (
+        oplog.Checkpoint.START,
+        oplog.Checkpoint("100:105:101,103"),
+        oplog.Checkpoint("100:105:101,103", "104:110:", 77),
+    ):
+        assert oplog.Checkpoint.parse(str(cp)) == cp
+        assert oplog.Checkpoint.of(str(cp)) == cp
+    assert str(oplog.Checkpoint.START) == "1:1:"
+    assert oplog.Checkpoint.of(None) == oplog.Checkpoint.START
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "1:1", "a:b:", "5:3:", "0:1:", "10:20:9", "10:20:20", "1:2:;1:2:", "1:2:;1:2:;x",
+     "1:2:;1:2:;-1", " 1:2:", "1:2:,", "1:1:;1:2:;0;5"],
+)  # fmt: skip
+def test_checkpoint_rejects_what_is_not_one(text: str) -> None:
+    with pytest.raises(oplog.InvalidParameterError):
+        oplog.Checkpoint.parse(text)
+
+
+def test_checkpoint_rejects_bad_fields() -> None:
+    with pytest.raises(oplog.InvalidParameterError):
+        oplog.Checkpoint("1:1:", None, 5)  # an after_id belongs to a poll being read
+    with pytest.raises(oplog.InvalidParameterError):
+        oplog.Checkpoint("1:1:", "1:2:", -1)
+    with pytest.raises(oplog.InvalidParameterError):
+        oplog.Checkpoint.of(3)  # type: ignore[arg-type]
+
+
+# --- the tail, sync and asyncio ---------------------------------------------------------------
+
+
+def test_tail_delivers_each_entry_once_and_resumes_from_every_checkpoint(
+    make_driver: MakeDriver, connect: Connect
+) -> None:
+    """From the start: every entry in id order with its metadata; from each yielded
+    checkpoint (object or text, between polls or inside one): exactly the entries after it."""
+    writer = connect()
+    for i in range(7):
+        _commit(writer, f"agg{i % 3}", f"u{i}", i=str(i))
+    driver = make_driver()
+    items = driver.tail(follow=False, batch_size=3)
+    assert _names(items) == [f"u{i}" for i in range(7)]
+    assert _ids(items) == sorted(_ids(items))
+    assert [entry.metadata for entry, _ in items] == [{"i": [str(i)]} for i in range(7)]
+    assert ";" in str(items[0][1])  # inside the first poll (pages of 3)
+    assert ";" not in str(items[-1][1])  # the poll is done: a plain snapshot
+    for k, (_, checkpoint) in enumerate(items):
+        expected = _ids(items[k + 1 :])
+        assert _ids(driver.tail(after=checkpoint, follow=False, batch_size=3)) == expected
+        assert _ids(driver.tail(after=str(checkpoint), follow=False)) == expected
+
+
+def test_tail_delivers_an_entry_that_commits_after_a_higher_id(
+    make_driver: MakeDriver, connect: Connect
+) -> None:
+    """The entry with the lower id commits last: the tail still delivers it (after the
+    other), where reading `id > last seen` misses it for good."""
+    early, late = connect(), connect()
+    LOG.write(early, "x", [_op("lower id, committed last")])
+    _commit(late, "y", "higher id, committed first")
+    driver = make_driver()
+    first = driver.tail(follow=False)
+    assert _names(first) == ["higher id, committed first"]
+    early.commit()
+    second = driver.tail(after=first[-1][1], follow=False)
+    assert _names(second) == ["lower id, committed last"]
+    assert _ids(second)[0] < _ids(first)[0]
+    assert list(LOG.read(late, after_id=_ids(first)[-1])) == []  # the naive reader's view
+
+
+def test_a_long_transaction_delays_only_itself_and_rollbacks_never_appear(
+    make_driver: MakeDriver, connect: Connect
+) -> None:
+    writer, long, doomed = connect(), connect(), connect()
+    LOG.write(long, "slow", [_op("long")])
+    LOG.write(doomed, "slow2", [_op("rolled back")])
+    for i in range(3):
+        _commit(writer, "fast", f"fast{i}")
+    driver = make_driver()
+    got = driver.tail(follow=False)
+    assert _names(got) == ["fast0", "fast1", "fast2"]
+    doomed.rollback()
+    assert driver.tail(after=got[-1][1], follow=False) == []
+    long.commit()
+    _commit(writer, "fast", "fast3")
+    rest = driver.tail(after=got[-1][1], follow=False)
+    assert _names(rest) == ["long", "fast3"]  # one poll, in id order
+    assert "rolled back" not in _names(driver.tail(follow=False))
+
+
+def test_a_notification_wakes_a_waiting_tail(make_driver: MakeDriver, connect: Connect) -> None:
+    """poll_interval is an hour: only NOTIFY on the channel can deliver entries that commit
+    while the tail waits (the test would hang, and time out, otherwise)."""
+    writer = connect()
+    done = threading.Event()
+
+    def write_and_notify() -> None:
+        i = 0
+        while not done.is_set() and i < 200:
+            LOG.write(writer, "n", [_op(f"n{i}")])
+            writer.execute("select pg_notify('oplog_test', '')")
+            writer.commit()
+            i += 1
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=write_and_notify)
+    driver = make_driver()
+    thread.start()
+    try:
+        items = driver.tail(3, poll_interval=3600, channel="oplog_test")
+    finally:
+        done.set()
+        thread.join()
+    assert _names(items) == ["n0", "n1", "n2"]
+
+
+def test_setting_stop_ends_a_waiting_tail(make_driver: MakeDriver, connect: Connect) -> None:
+    _commit(connect(), "s", "only")
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    driver = make_driver()
+    timer.start()
+    try:
+        items = driver.tail(poll_interval=3600, stop=stop)  # would wait an hour
+    finally:
+        timer.cancel()
+    assert _names(items) == ["only"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"channel": ""}, "channel"),
+        ({"after": "garbage"}, "checkpoint"),
+    ],
+)
+def test_tail_rejects_bad_arguments(
+    make_driver: MakeDriver, kwargs: dict[str, Any], match: str
+) -> None:
+    driver = make_driver()
+    with pytest.raises(oplog.InvalidParameterError, match=match):
+        driver.tail(follow=False, **kwargs)
+
+
+def test_tail_refuses_a_connection_inside_a_transaction(make_driver: MakeDriver) -> None:
+    driver = make_driver()
+    driver.execute("select 1")  # opens a transaction
+    with pytest.raises(oplog.InvalidParameterError, match="outside a transaction"):
+        driver.tail(follow=False)
+    driver.rollback()
+
+
+# --- per-aggregate order ------------------------------------------------------------------------
+
+
+def test_per_aggregate_order_holds_when_transaction_ids_disagree(connect: Connect) -> None:
+    """t1 takes its transaction id first but redeems aggregate X after t2 committed it, while
+    t3 (an id between them) stays open. The tail delivers X-2 before X-3; a reader releasing
+    entries below the oldest running transaction in (transaction, id) order hands out X-3
+    alone — ahead of X-2, breaking the aggregate's order."""
+    t1, t2, t3, monitor = connect(), connect(), connect(), connect(autocommit=True)
+    _commit(t1, "X", "X-1")
+
+    def xid(conn: psycopg.Connection[Any], tag: str) -> int:
+        conn.execute("insert into users (name) values (%s)", (tag,))
+        row = conn.execute("select pg_current_xact_id()::text::bigint").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    assert xid(t1, "t1") < xid(t3, "t3") < xid(t2, "t2")
+    LOG.write(t2, "X", [_op("X-2")])
+    with ThreadPoolExecutor(1) as pool:
+        third = pool.submit(LOG.write, t1, "X", [_op("X-3")])
+        assert not settle(third, t1.info.backend_pid, monitor)  # t1 waits for X's ticket
+        t2.commit()
+        third.result()
+        t1.commit()
+    tail = connect(autocommit=True)
+    assert _names(list(LOG.tail(tail, follow=False))) == ["X-1", "X-2", "X-3"]
+    horizon = tail.execute(
+        "select id from oplog_entry"
+        " where xact_id < pg_snapshot_xmin(pg_current_snapshot()) order by xact_id, id"
+    ).fetchall()
+    by_id = {int(e.id or 0): _names([(e, oplog.Checkpoint.START)])[0] for e in LOG.read(tail)}
+    assert [by_id[row[0]] for row in horizon] == ["X-1", "X-3"]
+    t3.rollback()
+
+
+# --- consumers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def consumed(conn: psycopg.Connection[Any]) -> str:
+    """A table consumers in these tests apply entries to (no unique key: duplicates count)."""
+    conn.execute("create table consumed (entry_id bigint not null, name text not null)")
+    conn.commit()
+    return "consumed"
+
+
+def _record(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
+    for op in entry.unmarshal_data(CATALOG):
+        target.execute(
+            "insert into consumed values (%s, %s)",
+            (entry.id, op.message.name),  # type: ignore[attr-defined]
+        )
+
+
+def test_a_consumer_position_is_saved_in_the_callers_transaction(
+    conn: psycopg.Connection[Any],
+) -> None:
+    consumer = oplog.Consumer("c1")
+    assert consumer.position(conn) == oplog.Checkpoint.START
+    checkpoint = oplog.Checkpoint("5:9:6")
+    consumer.save(conn, checkpoint)
+    conn.rollback()
+    assert consumer.position(conn) == oplog.Checkpoint.START
+    consumer.save(conn, str(checkpoint))
+    conn.commit()
+    assert consumer.position(conn) == checkpoint
+    assert oplog.Consumer("other").position(conn) == oplog.Checkpoint.START
+    with pytest.raises(oplog.InvalidParameterError):
+        oplog.Consumer("")
+
+
+def test_consume_applies_each_entry_once_across_runs(
+    conn: psycopg.Connection[Any], connect: Connect, consumed: str
+) -> None:
+    writer, source, target = connect(), connect(), connect()
+    for i in range(5):
+        _commit(writer, f"a{i % 2}", f"u{i}")
+    assert LOG.consume(source, target, "c", _record, follow=False, batch_size=2) == 5
+    assert LOG.consume(source, target, "c", _record, follow=False) == 0
+    for i in range(5, 8):
+        _commit(writer, "a0", f"u{i}")
+    assert LOG.consume(source, target, oplog.Consumer("c"), _record, follow=False) == 3
+    rows = conn.execute("select name from consumed order by entry_id").fetchall()
+    assert [r[0] for r in rows] == [f"u{i}" for i in range(8)]
+    with pytest.raises(oplog.InvalidParameterError, match="two connections"):
+        LOG.consume(source, source, "c", _record, follow=False)
+
+
+def test_consume_rolls_back_a_page_whose_apply_fails(
+    conn: psycopg.Connection[Any], connect: Connect, consumed: str
+) -> None:
+    writer, source, target = connect(), connect(), connect()
+    for i in range(3):
+        _commit(writer, "a", f"u{i}")
+
+    def fail_on_u1(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
+        _record(target, entry)
+        if _names([(entry, oplog.Checkpoint.START)]) == ["u1"]:
+            raise RuntimeError("apply failed")
+
+    with pytest.raises(RuntimeError, match="apply failed"):
+        LOG.consume(source, target, "c", fail_on_u1, follow=False, batch_size=2)
+    assert [r[0] for r in conn.execute("select name from consumed").fetchall()] == []
+    assert LOG.consume(source, target, "c", _record, follow=False) == 3
+    assert conn.execute("select count(*) from consumed").fetchone() == (3,)
+
+
+def test_two_processes_of_one_consumer_apply_each_entry_once(
+    conn: psycopg.Connection[Any], connect: Connect, consumed: str
+) -> None:
+    """Two runners of consumer "c" at once: the position lock makes them take turns, and one
+    that finds the position moved continues from there."""
+    writer = connect()
+    for i in range(300):
+        LOG.write(writer, f"a{i % 5}", [_op(f"u{i}")])
+        if i % 10 == 9:
+            writer.commit()
+    writer.commit()
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(LOG.consume, connect(), connect(), "c", _record, follow=False, batch_size=7)
+            for _ in range(2)
+        ]
+        applied = [run.result() for run in runs]
+    assert sum(applied) == 300
+    assert conn.execute("select count(*), count(distinct entry_id) from consumed").fetchone() == (
+        300,
+        300,
+    )
+
+
+# --- the migration ------------------------------------------------------------------------------
+
+
+def test_entries_written_before_migration_2_are_delivered(pg: Server) -> None:
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_tail_migration with (force)")
+        admin.execute("create database t_tail_migration")
+    try:
+        with psycopg.connect(pg.dsn_for("t_tail_migration")) as conn:
+            assert oplog.migrate(conn, target=1) == [1]
+            _commit(conn, "old", "before")
+            assert oplog.migrate(conn) == [2]
+            _commit(conn, "new", "after")
+            with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as tail:
+                assert _names(list(LOG.tail(tail, follow=False))) == ["before", "after"]
+            assert oplog.migrate_down(conn, target=1) == [2]
+            _commit(conn, "old", "down again")
+            assert len(list(LOG.read(conn))) == 3
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute("drop database if exists t_tail_migration with (force)")
