@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from typing import Any
 
 import psycopg
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestUser
+from oplog.tail import Checkpoint
 from tests.db import CATALOG, WRAPPER
 
 
@@ -53,3 +56,101 @@ def write_many(
                 conn, unit, retries=1000, backoff=0.001, max_backoff=0.05, on_retry=count_retry
             )
     return {"writes": writes, "retries": retries}
+
+
+class _Abort(Exception):
+    """Raised inside a unit to roll it back on purpose."""
+
+
+def write_counted(
+    dsn: str, worker: int, writes: int, aggregates: list[str], abort_rate: float
+) -> dict[str, int]:
+    """Writes `writes` committed units, each: bump the aggregate's counter row in
+    ``tail_counter`` to n, write an entry for the aggregate carrying n (metadata "n", user name
+    "<aggregate>:<n>"), linger up to 2 ms before committing (so commits land out of id order
+    often). A fraction `abort_rate` of extra units write an entry named "aborted" and roll
+    back. The counter row orders an aggregate's writers, so a reader that keeps each
+    aggregate's order sees n = 1, 2, 3, ... for it."""
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    rng = random.Random(1000 + worker)
+    aborted = 0
+    with psycopg.connect(dsn) as conn:
+        committed = 0
+        while committed < writes:
+            aggregate = rng.choice(aggregates)
+            abort = rng.random() < abort_rate
+
+            def unit(
+                c: psycopg.Connection[Any], aggregate: str = aggregate, abort: bool = abort
+            ) -> None:
+                row = c.execute(
+                    "update tail_counter set n = n + 1 where name = %s returning n", (aggregate,)
+                ).fetchone()
+                assert row is not None
+                n = int(row[0])
+                name = "aborted" if abort else f"{aggregate}:{n}"
+                op = oplog.Operation(TestUser(name=name), "user", oplog.OpType.CREATE)
+                log.write(c, aggregate, [op], {"n": str(n)})
+                time.sleep(rng.random() * 0.002)
+                if abort:
+                    raise _Abort
+
+            try:
+                oplog.run_in_transaction(conn, unit)
+                committed += 1
+            except _Abort:
+                aborted += 1
+    return {"writes": committed, "aborted": aborted}
+
+
+KILL_POINTS = ("before-apply", "before-commit", "after-commit")
+
+
+def consume_and_crash(dsn: str, point: str | None, after: int) -> int:
+    """Runs consumer "crashy" (applying entries into table ``consumed``) until it has caught
+    up, or kills this process with os._exit at `point` once `after` entries were applied:
+    "before-apply" (an entry is in hand, not applied), "before-commit" (a page is applied and
+    its checkpoint saved, the transaction not committed), "after-commit" (a page is
+    committed, the next not started)."""
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    applied = 0
+
+    def die_at(here: str) -> None:
+        if point == here and applied >= after:
+            os._exit(3)
+
+    class CrashingConsumer(oplog.Consumer):
+        def position(self, conn: psycopg.Connection[Any], *, lock: bool = False) -> Checkpoint:
+            if lock:
+                die_at("after-commit")
+            return super().position(conn, lock=lock)
+
+        def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
+            super().save(conn, checkpoint)
+            die_at("before-commit")
+
+    def apply(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
+        nonlocal applied
+        die_at("before-apply")
+        for op in entry.unmarshal_data(CATALOG):
+            target.execute(
+                "insert into consumed values (%s, %s)",
+                (entry.id, op.message.name),  # type: ignore[attr-defined]
+            )
+        applied += 1
+
+    with psycopg.connect(dsn, autocommit=True) as source, psycopg.connect(dsn) as target:
+        return log.consume(
+            source, target, CrashingConsumer("crashy"), apply, follow=False, batch_size=4
+        )
+
+
+def write_slowly(dsn: str, writes: int) -> None:
+    """Writes `writes` entries over a few aggregates, one per transaction, a little apart."""
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    with psycopg.connect(dsn) as conn:
+        for i in range(writes):
+            op = oplog.Operation(TestUser(name=f"s{i}"), "user", oplog.OpType.CREATE)
+            log.write(conn, f"agg{i % 3}", [op])
+            conn.commit()
+            time.sleep(0.002)
