@@ -103,6 +103,13 @@ def _pgserver() -> Iterator[Server]:
 
 
 @contextlib.contextmanager
+def second_server() -> Iterator[Server]:
+    """Another server, next to the session's: a fresh embedded PostgreSQL 16."""
+    with _pgserver() as server:
+        yield Server(server.dsn, "pgserver-2")
+
+
+@contextlib.contextmanager
 def running_server() -> Iterator[Server]:
     """The server the environment asks for, started (and stopped) if need be."""
     dsn = os.environ.get("OPLOG_TEST_DSN")

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from oplog.demo import _DDL as DDL
+from oplog.demo import SCHEMA, TABLES
 from tests.pg import Server
 
 DEMO_TYPES = ["--types", "oplog.demo:CATALOG", "--search-path", "oplog_demo,public"]
@@ -260,3 +262,45 @@ def test_root_default_data_dir_stays_out_of_root_home(monkeypatch: pytest.Monkey
     assert embedded.default_data_dir() == Path("/home/someone/.local/share/oplog/pgdata")
     monkeypatch.setenv("XDG_DATA_HOME", "/data")
     assert embedded.default_data_dir() == Path("/data/oplog/pgdata")
+
+
+def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
+    """tail prints entries with checkpoints and continues from one; replicate --once copies
+    the demo's tables to a second database, and again after more writes."""
+    cli, dsn = cli_db
+    cli("keygen")
+    cli("demo")
+    rows = cli.json("tail")
+    assert [r["id"] for r in rows] == list(range(1, 8))
+    rest = cli.json("tail", "--after", rows[2]["checkpoint"])
+    assert [r["id"] for r in rest] == list(range(4, 8))
+    assert cli.json("tail", "--from-end") == []
+    assert "aggregate" in cli("tail").stdout.splitlines()[0].lower()
+    cli.one_line_error("tail", "--after", "1:2", code=2)
+
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_cli_replica with (force)")
+        admin.execute("create database t_cli_replica")
+    replica = pg.dsn_for("t_cli_replica")
+    try:
+        cli.one_line_error("replicate", "--to", replica, *DEMO_TYPES, code=5)
+        cli("migrate", "--dsn", replica)
+        with psycopg.connect(replica, autocommit=True) as conn:
+            conn.execute(f"create schema {SCHEMA}")
+            conn.execute(f"set search_path to {SCHEMA}")
+            conn.execute(DDL.encode())
+        cli.one_line_error("replicate", "--to", replica, code=2)  # no --types
+        (first,) = cli.json("replicate", "--to", replica, "--once", *DEMO_TYPES)
+        assert first["applied"] == 7
+        cli("demo")
+        (second,) = cli.json("replicate", "--to", replica, "--once", *DEMO_TYPES)
+        assert second["applied"] == 7
+        assert cli.json("tail", "--after", second["checkpoint"]) == []
+        for table in TABLES:
+            query = f"select * from {SCHEMA}.{table} order by 1, 2"
+            with psycopg.connect(dsn) as a, psycopg.connect(replica) as b:
+                assert a.execute(query).fetchall() == b.execute(query).fetchall()
+                assert a.execute(query).fetchall()
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute("drop database if exists t_cli_replica with (force)")

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 import oplog
-from oplog.proto.oplog_test_pb2 import TestUser
+from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from oplog.tail import Checkpoint
 from tests.db import CATALOG, WRAPPER
 
@@ -154,3 +154,40 @@ def write_slowly(dsn: str, writes: int) -> None:
             log.write(conn, f"agg{i % 3}", [op])
             conn.commit()
             time.sleep(0.002)
+
+
+def write_domain(dsn: str, worker: int, units: int) -> int:
+    """Writes `units` transactions of data changes with their entries: creates a user and a
+    car, renames one of this worker's users, or deletes one (and logs what it did)."""
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    rng = random.Random(2000 + worker)
+    mine: list[int] = []
+    with psycopg.connect(dsn) as conn:
+        for i in range(units):
+            writer = oplog.Writer(conn, CATALOG)
+            choice = rng.random()
+            ops: list[oplog.Operation]
+            with conn.transaction():
+                if not mine or choice < 0.5:
+                    user = TestUser(name=f"w{worker}-{i}", email=f"{worker}.{i}@example.com")
+                    car = TestCar(model=f"model-{worker}-{i}", mpg=rng.randint(10, 60))
+                    writer.create(user)
+                    writer.create(car)
+                    ops = [
+                        oplog.Operation(user, "user", oplog.OpType.CREATE),
+                        oplog.Operation(car, "car", oplog.OpType.CREATE),
+                    ]
+                elif choice < 0.85:
+                    user = TestUser(id=rng.choice(mine), name=f"renamed-{worker}-{i}")
+                    writer.update(user, ["name"], ["email"])
+                    ops = [
+                        oplog.Operation(user, "user", oplog.OpType.UPDATE, ("name",), ("email",))
+                    ]
+                else:
+                    user = TestUser(id=mine.pop(rng.randrange(len(mine))))
+                    writer.delete(user)
+                    ops = [oplog.Operation(user, "user", oplog.OpType.DELETE)]
+                log.write(conn, f"w{worker}", ops)
+            if ops[0].op_type == oplog.OpType.CREATE:
+                mine.append(user.id)
+    return units

@@ -92,7 +92,9 @@ class Context:
             _fail(EXIT_DB, str(exc))
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        dsn = self.dsn()
+        return self.connect_to(self.dsn(), **kwargs)
+
+    def connect_to(self, dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         if self.args.search_path:
             kwargs["options"] = "-c search_path=" + self.args.search_path.replace(" ", "")
         try:
@@ -104,6 +106,11 @@ class Context:
     def migrated(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         if not schema.applied_versions(conn):
             _fail(EXIT_SCHEMA, "the database has no oplog tables: run `oplog migrate` first")
+        return conn
+
+    def tailable(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        if 2 not in schema.applied_versions(conn):
+            _fail(EXIT_SCHEMA, "the database lacks oplog migration 2: run `oplog migrate`")
         return conn
 
     def wrapper(self) -> oplog.MultiWrapper:
@@ -479,6 +486,96 @@ def cmd_replay(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _checkpoint(text: str | None) -> oplog.Checkpoint:
+    try:
+        return oplog.Checkpoint.of(text)
+    except oplog.InvalidParameterError as exc:
+        _fail(EXIT_USAGE, str(exc))
+
+
+def cmd_tail(ctx: Context) -> int:
+    """Prints entries in commit order, each with the checkpoint after it (give one to --after
+    to continue from there); with --follow, keeps printing entries as they commit."""
+    after = _checkpoint(ctx.args.after)
+    with ctx.connect(autocommit=True) as conn:
+        ctx.tailable(conn)
+        log = oplog.Oplog(ctx.wrapper(), ctx.catalog() or oplog.TypeCatalog())
+        if ctx.args.from_end:
+            after = log.checkpoint(conn)
+        columns = ["id", "created", "aggregate", "ops", "metadata", "checkpoint"]
+        if not ctx.json:
+            _table(ctx.out, [], columns)
+        count = 0
+        for entry, checkpoint in log.tail(
+            conn, after, poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
+            follow=ctx.args.follow,
+        ):  # fmt: skip
+            row = {
+                "id": entry.id,
+                "created": entry.create_time,
+                "aggregate": entry.aggregate_name,
+                "ops": len(_core.decode_operations(entry.data, 0, None)[0]),
+                "metadata": entry.metadata,
+                "checkpoint": str(checkpoint),
+            }
+            if ctx.json:
+                ctx.out.write(json.dumps(row, default=str) + "\n")
+            else:
+                ctx.out.write("  ".join(_cell(row[c]) for c in columns) + "\n")
+            ctx.out.flush()
+            count += 1
+    if not ctx.json:
+        sys.stderr.write(f"oplog: {count} entries\n")
+    return EXIT_OK
+
+
+def cmd_replicate(ctx: Context) -> int:
+    """Follows the log of --from (default: the --dsn database) and applies every entry to the
+    same tables in --to, exactly once, advancing the --consumer position in --to in the same
+    transaction. Runs until interrupted, or with --once until it has caught up."""
+    catalog = ctx.catalog()
+    if catalog is None:
+        _fail(EXIT_USAGE, "replicate needs --types to know the message types and tables")
+    log = oplog.Oplog(ctx.wrapper(), catalog)
+    total = 0
+
+    def committed(entries: int, checkpoint: oplog.Checkpoint) -> None:
+        nonlocal total
+        total += entries
+        if not ctx.json and not ctx.args.once:
+            ctx.out.write(f"applied {entries} entries ({total} in all); at {checkpoint}\n")
+            ctx.out.flush()
+
+    source_dsn = ctx.args.source or ctx.dsn()
+    with (
+        ctx.connect_to(source_dsn, autocommit=True) as source,
+        ctx.connect_to(ctx.args.target) as target,
+    ):
+        ctx.tailable(source)
+        ctx.tailable(target)
+        target.rollback()
+        try:
+            log.replicate(
+                source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
+                poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
+                follow=not ctx.args.once, on_commit=committed,
+            )  # fmt: skip
+        except (
+            oplog.InvalidParameterError,
+            psycopg.errors.UndefinedTable,
+            psycopg.IntegrityError,
+        ) as exc:
+            _fail(EXIT_VERIFY, f"cannot apply an entry to the target: {exc}")
+        with target.transaction():
+            position = oplog.Consumer(ctx.args.consumer).position(target)
+    result = {"applied": total, "consumer": ctx.args.consumer, "checkpoint": str(position)}
+    if ctx.json:
+        ctx.out.write(json.dumps(result) + "\n")
+    else:
+        ctx.out.write(f"replicated {total} entries; consumer {ctx.args.consumer!r} at {position}\n")
+    return EXIT_OK
+
+
 def cmd_stats(ctx: Context) -> int:
     """Entries per aggregate, sizes, key ids in use, ticket versions."""
     with ctx.connect() as conn:
@@ -598,6 +695,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", default="_replay", help="table name suffix (default _replay)")
     p.add_argument("--after", type=int, default=0, help="only entries after this id")
     add("stats", cmd_stats, "entries per aggregate, key ids, tickets")
+    p = add("tail", cmd_tail, "print entries in commit order, with checkpoints")
+    p.add_argument("--after", metavar="CHECKPOINT", help="continue after this checkpoint")
+    p.add_argument("--from-end", action="store_true", help="only entries committed from now on")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--channel", help="also wake up on NOTIFY on this channel")
+    p = add("replicate", cmd_replicate, "apply the log's entries to another database")
+    p.add_argument("--from", dest="source", metavar="DSN", help="source (default: --dsn)")
+    p.add_argument("--to", dest="target", metavar="DSN", required=True, help="target database")
+    p.add_argument("--consumer", default="replica", help="position name in the target")
+    p.add_argument("--once", action="store_true", help="stop when caught up")
+    p.add_argument("--batch-size", type=int, default=500, help="entries per transaction")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--channel", help="also wake up on NOTIFY on this channel")
     p = add("keygen", cmd_keygen, "create a key file or add a primary key")
     p.add_argument("--key-id", help="id of the new key (default: random)")
     p.add_argument("--add", action="store_true", help="add to an existing file (rotation)")

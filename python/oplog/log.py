@@ -392,6 +392,7 @@ class Oplog(OplogBase):
         channel: str | None = None,
         stop: threading.Event | None = None,
         follow: bool = True,
+        on_commit: Callable[[int, Checkpoint], object] | None = None,
     ) -> int:
         """Tails the log on `source` from the consumer's saved position and calls
         ``apply(target, entry)`` for each entry; every page of entries is applied and the
@@ -400,7 +401,7 @@ class Oplog(OplogBase):
         restarts, also with several processes running the same consumer.
 
         `source` and `target` may be two connections to the same database. Arguments as in
-        :meth:`tail`.
+        :meth:`tail`; `on_commit(entries, checkpoint)` is called after each committed page.
 
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
@@ -410,6 +411,7 @@ class Oplog(OplogBase):
         return consume(
             source, target, self.wrapper, consumer, apply, batch_size=batch_size,
             poll_interval=poll_interval, channel=channel, stop=stop, follow=follow,
+            on_commit=on_commit,
         )  # fmt: skip
 
     def replicate(

@@ -357,6 +357,7 @@ def consume(
     channel: str | None = None,
     stop: threading.Event | None = None,
     follow: bool = True,
+    on_commit: Callable[[int, Checkpoint], object] | None = None,
 ) -> int:
     """See :meth:`oplog.Oplog.consume`."""
     if source is target:
@@ -384,6 +385,8 @@ def consume(
                     position = page[-1][1]
                     consumer.save(target, position)
                 applied += len(page)
+                if on_commit is not None:
+                    on_commit(len(page), position)
         finally:
             pages.close()
         if not restart:
