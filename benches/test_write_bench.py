@@ -169,6 +169,20 @@ def test_batch_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str, cipher
     benchmark(save)
 
 
+@pytest.mark.parametrize("schema", [1, 2], ids=["schema1_baseline", "schema2"])
+def test_batch_migration_cost(
+    benchmark: BenchmarkFixture, conn: psycopg.Connection[Any], schema: int
+) -> None:
+    """write_many of 1000 entries before and after migration 2 (which adds each entry's
+    transaction id and its index, for the tail)."""
+    benchmark.group = "5. batch of 1000 entries: cost of migration 2"
+    benchmark.extra_info["entries"] = BATCH
+    oplog.migrate_down(conn, target=schema)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
+    benchmark(log.write_many, conn, items)
+
+
 # --- 3. reading ---------------------------------------------------------------------------------
 
 
@@ -184,6 +198,21 @@ def test_read_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) 
         return sum(len(e.unmarshal_data(CATALOG)) for e in log.read(conn, limit=entries))
 
     assert benchmark(read) == entries
+
+
+def test_tail_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
+    """The commit-ordered tail from the start of the log (one poll, in pages of 500)."""
+    benchmark.group = "3. read, decrypt and decode 20,000 entries"
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    entries = READ_ENTRIES if not benchmark.disabled else 200
+    benchmark.extra_info["entries"] = entries
+    for start in range(0, entries, BATCH):
+        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, start + BATCH)])
+
+    def tail() -> int:
+        return sum(len(e.unmarshal_data(CATALOG)) for e, _ in log.tail(conn, follow=False))
+
+    assert benchmark(tail) == entries
 
 
 def test_read_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:

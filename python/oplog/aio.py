@@ -135,7 +135,8 @@ class AsyncOplog(OplogBase):
                 row = await (await conn.execute(SNAPSHOT)).fetchone()
                 assert row is not None
                 cursor.begin(row[0])
-            rows = await (await conn.execute(TAIL_PAGE, cursor.params())).fetchall()
+            page = await conn.execute(TAIL_PAGE, cursor.params(), prepare=False)
+            rows = await page.fetchall()
             ids = [row[0] for row in rows]
             metadata = await (await conn.execute(TAIL_METADATA, (ids,))).fetchall() if ids else []
             if not conn.autocommit:

@@ -126,6 +126,15 @@ class Checkpoint:
         raise InvalidParameterError(f"{text!r} is not a checkpoint")
 
     @classmethod
+    def _trusted(cls, seen: str, reading: str | None, after_id: int) -> Checkpoint:
+        # For snapshots already checked (a tail makes one checkpoint per entry).
+        checkpoint = object.__new__(cls)
+        object.__setattr__(checkpoint, "seen", seen)
+        object.__setattr__(checkpoint, "reading", reading)
+        object.__setattr__(checkpoint, "after_id", after_id)
+        return checkpoint
+
+    @classmethod
     def of(cls, value: Checkpoint | str | None) -> Checkpoint:
         """`value` as a checkpoint: a checkpoint, its text form, or None for :attr:`START`."""
         if value is None:
@@ -145,7 +154,9 @@ SNAPSHOT = "select pg_current_snapshot()::text"
 
 # One page of a poll: entries of transactions `reading` sees and `seen` does not, in id order.
 # The first two conditions bound the index range; `reading` is passed explicitly, so a page can
-# be read in any later transaction and still selects the same entries.
+# be read in any later transaction and still selects the same entries. Never prepared: the best
+# plan depends on the snapshots (catching up: walk the primary key; following: the few entries
+# of recent transactions, sorted), and a generic plan sorts the whole range for every page.
 TAIL_PAGE = """
 select id, create_time, version, aggregate_name, data, key_id from oplog_entry
 where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
@@ -192,7 +203,8 @@ class _Cursor:
         assert p.reading is not None
         entries = entries_from_rows(rows, metadata, wrapper)
         finished = len(rows) < self.batch_size
-        out = [(e, Checkpoint(p.seen, p.reading, int(e.id or 0))) for e in entries]
+        trusted = Checkpoint._trusted
+        out = [(e, trusted(p.seen, p.reading, int(e.id or 0))) for e in entries]
         if finished:
             # The poll is fully delivered: its snapshot becomes the whole position.
             self.position = Checkpoint(p.reading)
@@ -260,7 +272,7 @@ def tail_pages(
             row = conn.execute(SNAPSHOT).fetchone()
             assert row is not None
             cursor.begin(row[0])
-        rows = conn.execute(TAIL_PAGE, cursor.params()).fetchall()
+        rows = conn.execute(TAIL_PAGE, cursor.params(), prepare=False).fetchall()
         ids = [row[0] for row in rows]
         metadata = conn.execute(TAIL_METADATA, (ids,)).fetchall() if ids else []
         end_read()
