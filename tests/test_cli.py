@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -275,7 +276,9 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
     rest = cli.json("tail", "--after", rows[2]["checkpoint"])
     assert [r["id"] for r in rest] == list(range(4, 8))
     assert cli.json("tail", "--from-end") == []
-    assert "aggregate" in cli("tail").stdout.splitlines()[0].lower()
+    first_line = cli("tail").stdout.splitlines()[0]
+    assert "demo.users" in first_line
+    assert first_line.endswith("@" + rows[0]["checkpoint"])
     cli.one_line_error("tail", "--after", "1:2", code=2)
 
     with psycopg.connect(pg.dsn, autocommit=True) as admin:
@@ -304,3 +307,30 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_cli_replica with (force)")
+
+
+def test_tail_follow_prints_entries_as_they_commit(cli_db: tuple[Cli, str]) -> None:
+    """`oplog tail --follow` keeps running: entries committed later are printed too; Ctrl-C
+    ends it with 130 and no traceback."""
+    cli, _ = cli_db
+    cli("keygen")
+    cli("demo")
+    with subprocess.Popen(
+        [sys.executable, "-m", "oplog", "tail", "--follow", "--poll-interval", "0.05", "--json"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follow:
+        try:
+            assert follow.stdout is not None
+            first = [json.loads(follow.stdout.readline())["id"] for _ in range(7)]
+            cli("demo")
+            later = [json.loads(follow.stdout.readline())["id"] for _ in range(7)]
+            assert first + later == list(range(1, 15))
+            follow.send_signal(signal.SIGINT)
+            assert follow.wait(30) == 130
+            assert follow.stderr is not None
+            assert "Traceback" not in follow.stderr.read()
+        finally:
+            follow.kill()

@@ -502,10 +502,6 @@ def cmd_tail(ctx: Context) -> int:
         log = oplog.Oplog(ctx.wrapper(), ctx.catalog() or oplog.TypeCatalog())
         if ctx.args.from_end:
             after = log.checkpoint(conn)
-        columns = ["id", "created", "aggregate", "ops", "metadata", "checkpoint"]
-        if not ctx.json:
-            _table(ctx.out, [], columns)
-        count = 0
         for entry, checkpoint in log.tail(
             conn, after, poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
             follow=ctx.args.follow,
@@ -521,11 +517,12 @@ def cmd_tail(ctx: Context) -> int:
             if ctx.json:
                 ctx.out.write(json.dumps(row, default=str) + "\n")
             else:
-                ctx.out.write("  ".join(_cell(row[c]) for c in columns) + "\n")
+                # A stream has no table to align: one self-describing line per entry.
+                ctx.out.write(
+                    f"{row['id']:>6}  {_cell(row['created'])}  {row['aggregate']}  "
+                    f"ops={row['ops']}  {_cell(row['metadata']) or '-'}  @{row['checkpoint']}\n"
+                )
             ctx.out.flush()
-            count += 1
-    if not ctx.json:
-        sys.stderr.write(f"oplog: {count} entries\n")
     return EXIT_OK
 
 
@@ -734,6 +731,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.OperationalError as exc:
         sys.stderr.write(f"oplog: database error: {str(exc).strip().splitlines()[0]}\n")
         return EXIT_DB
+    except BrokenPipeError:
+        # The reader went away (`oplog tail | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:
         sys.stderr.write(f"oplog: {exc}\n")
         return EXIT_IO
