@@ -292,6 +292,9 @@ def test_consume_applies_each_entry_once_across_runs(
     assert [r[0] for r in rows] == [f"u{i}" for i in range(8)]
     with pytest.raises(oplog.InvalidParameterError, match="two connections"):
         LOG.consume(source, source, "c", _record, follow=False)
+    target.execute("select 1")
+    with pytest.raises(oplog.InvalidParameterError, match="inside a transaction"):
+        LOG.consume(source, target, "c", _record, follow=False)
 
 
 def test_consume_rolls_back_a_page_whose_apply_fails(

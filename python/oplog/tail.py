@@ -374,6 +374,11 @@ def consume(
     """See :meth:`oplog.Oplog.consume`."""
     if source is target:
         raise InvalidParameterError("consume needs two connections: one tails, one applies")
+    if target.info.transaction_status != TransactionStatus.IDLE:
+        raise InvalidParameterError(
+            "consume commits a transaction per page on the target connection: it must not be"
+            " inside a transaction already"
+        )
     with target.transaction():
         position = consumer.position(target)
     applied = 0
