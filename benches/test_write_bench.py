@@ -207,7 +207,8 @@ def test_tail_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) 
     entries = READ_ENTRIES if not benchmark.disabled else 200
     benchmark.extra_info["entries"] = entries
     for start in range(0, entries, BATCH):
-        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, start + BATCH)])
+        end = min(start + BATCH, entries)
+        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, end)])
 
     def tail() -> int:
         return sum(len(e.unmarshal_data(CATALOG)) for e, _ in log.tail(conn, follow=False))
