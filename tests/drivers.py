@@ -45,6 +45,11 @@ class SyncDriver:
     ) -> oplog.Entry:
         return self.log.write(self.conn, aggregate, ops, metadata)
 
+    def apply(
+        self, aggregate: str, ops: list[oplog.Operation], metadata: Any = None
+    ) -> oplog.Entry:
+        return self.log.apply(self.conn, aggregate, ops, metadata)
+
     def write_many(self, items: list[BatchItem]) -> list[int]:
         return self.log.write_many(self.conn, items)
 
@@ -106,6 +111,11 @@ class AsyncDriver:
         self, aggregate: str, ops: list[oplog.Operation], metadata: Any = None
     ) -> oplog.Entry:
         return self.loop.run_until_complete(self.log.write(self.conn, aggregate, ops, metadata))
+
+    def apply(
+        self, aggregate: str, ops: list[oplog.Operation], metadata: Any = None
+    ) -> oplog.Entry:
+        return self.loop.run_until_complete(self.log.apply(self.conn, aggregate, ops, metadata))
 
     def write_many(self, items: list[BatchItem]) -> list[int]:
         return self.loop.run_until_complete(self.log.write_many(self.conn, items))

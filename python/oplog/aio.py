@@ -76,6 +76,26 @@ class AsyncOplog(OplogBase):
                     await conn.execute(INIT_TICKET, (params["ticket"],))
         raise _invisible_ticket(aggregate_name)
 
+    async def apply(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None = None,
+    ) -> Entry:
+        """Performs the operations and writes their entry in one statement; see
+        :meth:`oplog.Oplog.apply`."""
+        entry, query, params = self._prepare_apply(conn, aggregate_name, operations, metadata)
+        for first in (True, False):
+            with conflicts_as_ticket_errors(f"apply an entry for {aggregate_name!r}"):
+                row = await (await conn.execute(query, params)).fetchone()
+            if row is not None:
+                return _written(entry, row)
+            if first:
+                with conflicts_as_ticket_errors(f"init ticket {params[0]!r}"):
+                    await conn.execute(INIT_TICKET, (params[0],))
+        raise _invisible_ticket(aggregate_name)
+
     async def write_many(
         self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]
     ) -> list[int]:

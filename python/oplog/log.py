@@ -68,6 +68,25 @@ select id from numbered order by ord
 """
 
 
+# Oplog.apply: after the data CTEs (each changes nothing unless `ticket` returned a row), the
+# entry and its metadata, as in WRITE_ENTRY; positional parameters, after the data's.
+_APPLY_TICKET = b"""ticket as (
+  update oplog_ticket set version = version + 1, update_time = current_timestamp
+  where name = %b::text returning id
+)"""
+_APPLY_ENTRY = b""", entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %b::text, %b::text, %b, %b::text from ticket
+  returning id, create_time
+), metadata as (
+  insert into oplog_metadata (entry_id, key, value)
+  select entry.id, m.key, m.value
+  from entry, unnest(%b::text[], %b::text[]) as m (key, value)
+)
+select id, create_time from entry
+"""
+
+
 BatchItem = tuple[str, Iterable[Operation], Optional[Mapping[str, Union[Sequence[str], str]]]]
 """One entry of a batch: ``(aggregate_name, operations, metadata or None)``."""
 
@@ -169,6 +188,37 @@ class OplogBase:
             "values": values,
         }
 
+    def _prepare_apply(
+        self,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None,
+    ) -> tuple[Entry, bytes, list[Any]]:
+        ops = tuple(operations)
+        # Composing needs only the connection's encoding; nothing is executed here.
+        writer = Writer(conn, self.catalog)  # type: ignore[arg-type]
+        parts = [b"with ", _APPLY_TICKET]
+        data_params: list[Any] = []
+        touched: set[tuple[Any, ...]] = set()
+        for op in ops:
+            query, params, identity = writer.gated(op)
+            if identity in touched:
+                # The parts of one statement do not see each other's changes.
+                raise InvalidParameterError(
+                    f"apply changes each row once; {identity[0]} {identity[1:]} appears twice"
+                )
+            touched.add(identity)
+            parts += [b", d%d as (" % len(touched), query, b")"]
+            data_params += params
+        parts.append(_APPLY_ENTRY)
+        entry, p = self._prepare_write(aggregate_name, ops, metadata)
+        params = [
+            p["ticket"], *data_params, p["version"], p["aggregate_name"], p["data"], p["key_id"],
+            p["keys"], p["values"],
+        ]  # fmt: skip
+        return entry, b"".join(parts), params
+
     def _prepare_batch(self, items: Iterable[BatchItem]) -> dict[str, Any] | None:
         aggregates: list[str] = []
         blobs: list[bytes] = []
@@ -266,6 +316,40 @@ class Oplog(OplogBase):
                 # The aggregate's first entry: create its ticket, then write.
                 with conflicts_as_ticket_errors(f"init ticket {params['ticket']!r}"):
                     conn.execute(INIT_TICKET, (params["ticket"],))
+        raise _invisible_ticket(aggregate_name)
+
+    def apply(
+        self,
+        conn: psycopg.Connection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None = None,
+    ) -> Entry:
+        """Performs the operations on their tables and writes their entry, in one statement:
+        one round trip, and in autocommit mode one transaction, for a data change and its log.
+
+        For rows whose primary keys the caller sets: CREATE inserts every mapped column of the
+        message as given (nothing is read back), UPDATE sets the field mask and nulls the null
+        paths, DELETE deletes; the row is chosen by the primary key. An UPDATE or DELETE that
+        finds no row changes nothing and is still logged, and replays the same way. The parts
+        of one statement do not see each other's changes, so an entry may change a row only
+        once. Ticket semantics are those of :meth:`write` (the data changes happen only with
+        the redeem).
+
+        Raises:
+            InvalidParameterError: Another operation type, operation options, an unset primary
+                key, or a row changed twice; nothing is written.
+            TicketConflictError: As for :meth:`write`.
+        """
+        entry, query, params = self._prepare_apply(conn, aggregate_name, operations, metadata)
+        for first in (True, False):
+            with conflicts_as_ticket_errors(f"apply an entry for {aggregate_name!r}"):
+                row = conn.execute(query, params).fetchone()
+            if row is not None:
+                return _written(entry, row)
+            if first:
+                with conflicts_as_ticket_errors(f"init ticket {params[0]!r}"):
+                    conn.execute(INIT_TICKET, (params[0],))
         raise _invisible_ticket(aggregate_name)
 
     def write_many(self, conn: psycopg.Connection[Any], items: Iterable[BatchItem]) -> list[int]:

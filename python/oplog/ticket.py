@@ -68,13 +68,19 @@ class Ticket(NamedTuple):
 
 @contextmanager
 def conflicts_as_ticket_errors(what: str) -> Iterator[None]:
-    """Turns serialization failures, deadlocks and unique violations into TicketConflictError.
+    """Turns serialization failures, deadlocks and unique violations on oplog's own tables
+    (two writers creating one ticket) into TicketConflictError.
 
-    Classified by SQLSTATE (psycopg's exception classes), never by message text.
+    Classified by SQLSTATE and the table the server names, never by message text: a unique
+    violation on the caller's data (Oplog.apply) is not a conflict a retry can resolve.
     """
     try:
         yield
     except _CONFLICTS as exc:
+        if isinstance(exc, pg_errors.UniqueViolation) and not (
+            exc.diag.table_name or ""
+        ).startswith("oplog_"):
+            raise
         raise TicketConflictError(f"{what}: {exc.sqlstate} {exc.diag.message_primary}") from exc
 
 

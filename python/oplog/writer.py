@@ -20,7 +20,7 @@ from psycopg import sql
 
 from oplog.catalog import Table, TypeCatalog, check_identifier
 from oplog.errors import InvalidParameterError
-from oplog.operation import OperationOptions
+from oplog.operation import Operation, OperationOptions, OpType
 
 __all__ = ["Writer"]
 
@@ -158,6 +158,12 @@ def _is_unset(msg: Message, column: _Column) -> bool:
     if column.presence:
         return not msg.HasField(field.name)
     return bool(getattr(msg, field.name) == field.default_value)
+
+
+def _assignments(sets: list[_Column], nulls: list[_Column]) -> sql.Composable:
+    assignments = [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in sets]
+    assignments += [sql.SQL("{} = null").format(sql.Identifier(c.name)) for c in nulls]
+    return sql.SQL(", ").join(assignments)
 
 
 class Writer:
@@ -365,6 +371,25 @@ class Writer:
                 path in both lists, or an unset primary key.
         """
         m = self._map(msg, table)
+        sets, nulls, where, params = self._update_parts(m, msg, field_mask, null_paths, options)
+        query = self._compiled(
+            ("update", m, *(c.name for c in sets), None, *(c.name for c in nulls), len(params)),
+            lambda: sql.SQL("update {} set {} where {}").format(
+                sql.Identifier(m.table.name), _assignments(sets, nulls), where
+            ),
+        )
+        cur = self._conn.execute(query, [*(to_db(msg, c) for c in sets), *params])
+        return cur.rowcount
+
+    def _update_parts(
+        self,
+        m: _Mapping,
+        msg: Message,
+        field_mask: Iterable[str],
+        null_paths: Iterable[str],
+        options: OperationOptions | None,
+    ) -> tuple[list[_Column], list[_Column], sql.Composable, list[Any]]:
+        """The columns to set and to null, and the where clause with its parameters."""
         if isinstance(field_mask, str) or isinstance(null_paths, str):
             raise InvalidParameterError("field_mask and null_paths are sequences of str")
         sets = [m.resolve(p) for p in field_mask]
@@ -376,19 +401,62 @@ class Writer:
             raise InvalidParameterError(f"paths {sorted(both)} are both set and set to null")
         if any(c in m.primary_key for c in (*sets, *nulls)):
             raise InvalidParameterError("the primary key cannot be updated")
-        assignments = [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in sets]
-        assignments += [sql.SQL("{} = null").format(sql.Identifier(c.name)) for c in nulls]
         where, params = self._where_key(m, msg)
         where, params = self._with_version(m, where, params, options)
-        key = ("update", m, *(c.name for c in sets), None, *(c.name for c in nulls), len(params))
-        query = self._compiled(
-            key,
-            lambda: sql.SQL("update {} set {} where {}").format(
-                sql.Identifier(m.table.name), sql.SQL(", ").join(assignments), where
-            ),
+        return sets, nulls, where, params
+
+    def gated(self, op: Operation) -> tuple[bytes, list[Any], tuple[Any, ...]]:
+        """For :meth:`oplog.Oplog.apply`: the statement performing `op` (a CREATE, UPDATE or
+        DELETE) as the body of a CTE that changes nothing unless the CTE ``ticket`` returned a
+        row, its parameters, and the identity ``(table, key values)`` of the row it touches.
+
+        Raises:
+            InvalidParameterError: Another operation type, options, or an unset primary key.
+        """
+        msg = op.message
+        m = self._map(msg, None)
+        if op.options is not None:
+            raise InvalidParameterError("apply does not take operation options")
+        if m.primary_key and all(_is_unset(msg, c) for c in m.primary_key):
+            raise InvalidParameterError(
+                f"{type(msg).__qualname__}: apply needs the primary key set (for keys the"
+                " database generates, use Writer.create and Oplog.write)"
+            )
+        where, key = self._where_key(m, msg)
+        identity = (m.table.name, *key)
+        if op.op_type == OpType.CREATE:
+            columns = m.columns
+            query = self._compiled(
+                ("gated insert", m),
+                lambda: sql.SQL("insert into {} ({}) select {} from ticket").format(
+                    sql.Identifier(m.table.name),
+                    sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
+                    sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+                ),
+            )
+            return query, [to_db(msg, c) for c in columns], identity
+        if op.op_type == OpType.UPDATE:
+            sets, nulls, where, params = self._update_parts(
+                m, msg, op.field_mask, op.null_paths, None
+            )
+            query = self._compiled(
+                ("gated update", m, *(c.name for c in sets), None, *(c.name for c in nulls)),
+                lambda: sql.SQL("update {} set {} where {} and exists (select from ticket)").format(
+                    sql.Identifier(m.table.name), _assignments(sets, nulls), where
+                ),
+            )
+            return query, [*(to_db(msg, c) for c in sets), *params], identity
+        if op.op_type == OpType.DELETE:
+            query = self._compiled(
+                ("gated delete", m),
+                lambda: sql.SQL("delete from {} where {} and exists (select from ticket)").format(
+                    sql.Identifier(m.table.name), where
+                ),
+            )
+            return query, key, identity
+        raise InvalidParameterError(
+            f"apply performs CREATE, UPDATE and DELETE operations, not {op.op_type.name}"
         )
-        cur = self._conn.execute(query, [*(to_db(msg, c) for c in sets), *params])
-        return cur.rowcount
 
     def _with_version(
         self,
