@@ -49,7 +49,7 @@ def write_many(
     "ticket-first" reads the ticket first, as the Go original does, writes the data, then the
     entry with that ticket, so a concurrent writer makes the redeem conflict (optimistic mode).
     "apply" performs the data change and writes the entry in one autocommit statement
-    (Oplog.apply; the user's id is set by the writer). `reuse` writes on this process's
+    (Oplog.apply; the writer sets the user's id). `reuse` writes on this process's
     long-lived connection instead of a new one.
     """
     log = oplog.Oplog(WRAPPER, CATALOG, lock=lock)  # type: ignore[arg-type]
@@ -61,13 +61,24 @@ def write_many(
         retries += 1
 
     conn = connection(dsn) if reuse else psycopg.connect(dsn)
+    ids: list[int] = []
+    if style == "apply":
+        # Ids no other writer uses, reserved in one query from the table's own sequence.
+        ids = [
+            int(row[0])
+            for row in conn.execute(
+                "select nextval(pg_get_serial_sequence('users', 'id')) from generate_series(1, %s)",
+                (writes,),
+            ).fetchall()
+        ]
+        conn.commit()
     try:
         for i in range(writes):
             name = f"w{worker}-{i}"
             aggregate = rng.choice(aggregates)
             if style == "apply":
                 conn.autocommit = True
-                user = TestUser(id=worker * 10_000_000 + i + 1, name=name)
+                user = TestUser(id=ids[i], name=name)
                 log.apply(conn, aggregate, [oplog.Operation(user, "user", oplog.OpType.CREATE)])
                 continue
 
