@@ -199,7 +199,8 @@ class Writer:
             mapping = mapping._replace(name=check_identifier(table, "table name"))
         return _mapping(type(msg), mapping)
 
-    def _where_key(self, m: _Mapping, msg: Message) -> tuple[sql.Composable, list[Any]]:
+    def _key_params(self, m: _Mapping, msg: Message) -> list[Any]:
+        """The primary-key values of `msg`, which must be set."""
         if not m.primary_key:
             raise InvalidParameterError(
                 f"table {m.table.name!r} has no primary key in the catalog: cannot update or delete"
@@ -208,10 +209,16 @@ class Writer:
             raise InvalidParameterError(
                 f"{type(msg).__qualname__}: primary key {m.table.primary_key} is not set"
             )
-        clause = sql.SQL(" and ").join(
-            sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in m.primary_key
-        )
-        return clause, [to_db(msg, c) for c in m.primary_key]
+        return [to_db(msg, c) for c in m.primary_key]
+
+    @staticmethod
+    def _where(m: _Mapping, versioned: bool) -> sql.Composable:
+        """``key = %s and ...`` (and ``version = %s``): composed only when a statement shape
+        is compiled, since composing costs more than the rest of a small write."""
+        clauses = [sql.SQL("{} = %s").format(sql.Identifier(c.name)) for c in m.primary_key]
+        if versioned:
+            clauses.append(sql.SQL("{} = %s").format(sql.Identifier("version")))
+        return sql.SQL(" and ").join(clauses)
 
     def _on_conflict(
         self, m: _Mapping, columns: list[_Column], options: OperationOptions | None
@@ -371,11 +378,11 @@ class Writer:
                 path in both lists, or an unset primary key.
         """
         m = self._map(msg, table)
-        sets, nulls, where, params = self._update_parts(m, msg, field_mask, null_paths, options)
+        sets, nulls, params, versioned = self._update_parts(m, msg, field_mask, null_paths, options)
         query = self._compiled(
-            ("update", m, *(c.name for c in sets), None, *(c.name for c in nulls), len(params)),
+            ("update", m, *(c.name for c in sets), None, *(c.name for c in nulls), versioned),
             lambda: sql.SQL("update {} set {} where {}").format(
-                sql.Identifier(m.table.name), _assignments(sets, nulls), where
+                sql.Identifier(m.table.name), _assignments(sets, nulls), self._where(m, versioned)
             ),
         )
         cur = self._conn.execute(query, [*(to_db(msg, c) for c in sets), *params])
@@ -388,8 +395,9 @@ class Writer:
         field_mask: Iterable[str],
         null_paths: Iterable[str],
         options: OperationOptions | None,
-    ) -> tuple[list[_Column], list[_Column], sql.Composable, list[Any]]:
-        """The columns to set and to null, and the where clause with its parameters."""
+    ) -> tuple[list[_Column], list[_Column], list[Any], bool]:
+        """The columns to set and to null, the where clause's parameters, and whether it
+        checks the version."""
         if isinstance(field_mask, str) or isinstance(null_paths, str):
             raise InvalidParameterError("field_mask and null_paths are sequences of str")
         sets = [m.resolve(p) for p in field_mask]
@@ -401,9 +409,8 @@ class Writer:
             raise InvalidParameterError(f"paths {sorted(both)} are both set and set to null")
         if any(c in m.primary_key for c in (*sets, *nulls)):
             raise InvalidParameterError("the primary key cannot be updated")
-        where, params = self._where_key(m, msg)
-        where, params = self._with_version(m, where, params, options)
-        return sets, nulls, where, params
+        params = self._key_params(m, msg) + self._version_params(m, options)
+        return sets, nulls, params, len(params) > len(m.primary_key)
 
     def gated(self, op: Operation) -> tuple[bytes, list[Any], tuple[Any, ...]]:
         """For :meth:`oplog.Oplog.apply`: the statement performing `op` (a CREATE, UPDATE or
@@ -422,7 +429,7 @@ class Writer:
                 f"{type(msg).__qualname__}: apply needs the primary key set (for keys the"
                 " database generates, use Writer.create and Oplog.write)"
             )
-        where, key = self._where_key(m, msg)
+        key = self._key_params(m, msg)
         identity = (m.table.name, *key)
         if op.op_type == OpType.CREATE:
             columns = m.columns
@@ -436,13 +443,11 @@ class Writer:
             )
             return query, [to_db(msg, c) for c in columns], identity
         if op.op_type == OpType.UPDATE:
-            sets, nulls, where, params = self._update_parts(
-                m, msg, op.field_mask, op.null_paths, None
-            )
+            sets, nulls, params, _ = self._update_parts(m, msg, op.field_mask, op.null_paths, None)
             query = self._compiled(
                 ("gated update", m, *(c.name for c in sets), None, *(c.name for c in nulls)),
                 lambda: sql.SQL("update {} set {} where {} and exists (select from ticket)").format(
-                    sql.Identifier(m.table.name), _assignments(sets, nulls), where
+                    sql.Identifier(m.table.name), _assignments(sets, nulls), self._where(m, False)
                 ),
             )
             return query, [*(to_db(msg, c) for c in sets), *params], identity
@@ -450,7 +455,7 @@ class Writer:
             query = self._compiled(
                 ("gated delete", m),
                 lambda: sql.SQL("delete from {} where {} and exists (select from ticket)").format(
-                    sql.Identifier(m.table.name), where
+                    sql.Identifier(m.table.name), self._where(m, False)
                 ),
             )
             return query, key, identity
@@ -458,34 +463,30 @@ class Writer:
             f"apply performs CREATE, UPDATE and DELETE operations, not {op.op_type.name}"
         )
 
-    def _with_version(
-        self,
-        m: _Mapping,
-        where: sql.Composable,
-        params: list[Any],
-        options: OperationOptions | None,
-    ) -> tuple[sql.Composable, list[Any]]:
+    def _version_params(self, m: _Mapping, options: OperationOptions | None) -> list[Any]:
+        """``[version]`` when the options ask for a version check, else ``[]``."""
         if options is None:
-            return where, params
+            return []
         if options.with_where_clause or len(options.with_where_clause_args):
             raise InvalidParameterError("operation options with a where clause are not supported")
         if not options.HasField("with_version"):
-            return where, params
+            return []
         if "version" not in m.by_name:
             raise InvalidParameterError(f"table {m.table.name!r} has no version column")
-        clause = sql.SQL("{} and {} = %s").format(where, sql.Identifier("version"))
-        return clause, [*params, options.with_version.value]
+        return [options.with_version.value]
 
     def delete(
         self, msg: Message, table: str | None = None, *, options: OperationOptions | None = None
     ) -> int:
         """Deletes the row of `msg` (selected by its primary key); returns rows deleted."""
         m = self._map(msg, table)
-        where, params = self._where_key(m, msg)
-        where, params = self._with_version(m, where, params, options)
+        params = self._key_params(m, msg) + self._version_params(m, options)
+        versioned = len(params) > len(m.primary_key)
         query = self._compiled(
-            ("delete", m, len(params)),
-            lambda: sql.SQL("delete from {} where {}").format(sql.Identifier(m.table.name), where),
+            ("delete", m, versioned),
+            lambda: sql.SQL("delete from {} where {}").format(
+                sql.Identifier(m.table.name), self._where(m, versioned)
+            ),
         )
         return self._conn.execute(query, params).rowcount
 
@@ -502,10 +503,15 @@ class Writer:
         if any(type(msg) is not first for msg in msgs):
             raise InvalidParameterError("delete_items needs messages of one type")
         m = self._map(msgs[0], table)
-        keyed = [self._where_key(m, msg) for msg in msgs]
-        query = sql.SQL("delete from {} where {}").format(sql.Identifier(m.table.name), keyed[0][0])
+        keys = [self._key_params(m, msg) for msg in msgs]
+        query = self._compiled(
+            ("delete", m, False),
+            lambda: sql.SQL("delete from {} where {}").format(
+                sql.Identifier(m.table.name), self._where(m, False)
+            ),
+        )
         with self._conn.cursor() as cur:
-            cur.executemany(query, [params for _, params in keyed])
+            cur.executemany(query, keys)
             return cur.rowcount
 
     # --- tables -------------------------------------------------------------------------------
