@@ -298,6 +298,10 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
         cli("demo")
         (second,) = cli.json("replicate", "--to", replica, "--once", *DEMO_TYPES)
         assert second["applied"] == 7
+        consumers = [s for s in cli.json("stats", "--dsn", replica) if s["kind"] == "consumer"]
+        assert [(c["name"], c["checkpoint"]) for c in consumers] == [
+            ("replica", second["checkpoint"])
+        ]
         assert cli.json("tail", "--after", second["checkpoint"]) == []
         for table in TABLES:
             query = f"select * from {SCHEMA}.{table} order by 1, 2"

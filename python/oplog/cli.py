@@ -574,7 +574,7 @@ def cmd_replicate(ctx: Context) -> int:
 
 
 def cmd_stats(ctx: Context) -> int:
-    """Entries per aggregate, sizes, key ids in use, ticket versions."""
+    """Entries per aggregate, sizes, key ids in use, ticket versions, consumer positions."""
     with ctx.connect() as conn:
         ctx.migrated(conn)
         aggregates = conn.execute(
@@ -585,13 +585,24 @@ def cmd_stats(ctx: Context) -> int:
             "select key_id, count(*) from oplog_entry group by 1 order by 1"
         ).fetchall()
         tickets = conn.execute("select name, version from oplog_ticket order by name").fetchall()
+        consumers = (
+            conn.execute(
+                "select name, checkpoint, update_time from oplog_consumer order by name"
+            ).fetchall()
+            if 2 in schema.applied_versions(conn)
+            else []
+        )
     rows: list[dict[str, Any]] = [
         {"kind": "aggregate", "name": a, "entries": n, "bytes": b, "first_id": lo, "last_id": hi}
         for a, n, b, lo, hi in aggregates
     ]
     rows += [{"kind": "key", "name": k, "entries": n} for k, n in keys]
     rows += [{"kind": "ticket", "name": t, "version": v} for t, v in tickets]
-    ctx.emit(rows, ["kind", "name", "entries", "bytes", "first_id", "last_id", "version"])
+    rows += [
+        {"kind": "consumer", "name": n, "checkpoint": c, "updated": u} for n, c, u in consumers
+    ]
+    columns = ["kind", "name", "entries", "bytes", "first_id", "last_id", "version"]
+    ctx.emit(rows, columns + (["checkpoint", "updated"] if consumers else []))
     return EXIT_OK
 
 
