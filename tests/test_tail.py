@@ -351,6 +351,11 @@ def test_entries_written_before_migration_2_are_delivered(pg: Server) -> None:
         with psycopg.connect(pg.dsn_for("t_tail_migration")) as conn:
             assert oplog.migrate(conn, target=1) == [1]
             _commit(conn, "old", "before")
+            with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as early:
+                with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
+                    list(LOG.tail(early, follow=False))
+                with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
+                    oplog.Consumer("c").position(early)
             assert oplog.migrate(conn) == [2]
             _commit(conn, "new", "after")
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as tail:

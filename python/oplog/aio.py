@@ -44,6 +44,7 @@ from oplog.tail import (
     _Cursor,
     _listen,
     check_tail_arguments,
+    needs_migration_2,
 )
 from oplog.ticket import INIT_TICKET, conflicts_as_ticket_errors
 from oplog.transaction import backoff_seconds, check_retry_arguments
@@ -155,7 +156,8 @@ class AsyncOplog(OplogBase):
                 row = await (await conn.execute(SNAPSHOT)).fetchone()
                 assert row is not None
                 cursor.begin(row[0])
-            page = await conn.execute(TAIL_PAGE, cursor.params(), prepare=False)
+            with needs_migration_2():
+                page = await conn.execute(TAIL_PAGE, cursor.params(), prepare=False)
             rows = await page.fetchall()
             ids = [row[0] for row in rows]
             metadata = await (await conn.execute(TAIL_METADATA, (ids,))).fetchall() if ids else []

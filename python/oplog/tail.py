@@ -13,11 +13,12 @@ entries come with the first poll after it commits, and never if it rolls back. N
 skipped, nothing is delivered twice, and a long transaction delays only its own entries.
 
 Per-aggregate order: writers of one aggregate serialize on its ticket. Every write path of this
-library redeems (locks) the ticket before it inserts the entry, and the redeem waits for the
-previous redeemer to commit (or fails). So of two entries of one aggregate, the later one has
-the higher id and committed later: a snapshot that sees it sees the earlier one too, and one
-poll delivers in id order. Ordering by transaction id would not do: a transaction's id is
-assigned at its first write, which can come before it waited for the ticket.
+library (and of the Go original) reads or locks the ticket before it inserts the entry, and the
+redeem succeeds only from a version that the previous redeemer's commit made current. So of
+two entries of one aggregate, the later one took its id after the earlier one committed: a
+snapshot that sees it sees the earlier one too, and one poll delivers in id order. Ordering by
+transaction id would not do: a transaction's id is assigned at its first write, which can come
+before it waited for the ticket.
 
 The tail runs on a connection of its own, outside any transaction (each poll is one short
 read-only transaction); a consumer applies what it reads on another connection and saves its
@@ -26,10 +27,11 @@ checkpoint there, in the same transaction (:class:`Consumer`, :func:`consume`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,6 +53,7 @@ __all__ = [
     "TailPage",
     "check_tail_arguments",
     "consume",
+    "needs_migration_2",
     "tail_pages",
 ]
 
@@ -241,6 +244,18 @@ def check_tail_arguments(
         )
 
 
+@contextlib.contextmanager
+def needs_migration_2() -> Iterator[None]:
+    """Reports a database without migration 2 (the tail's columns and tables) plainly."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
+        raise InvalidParameterError(
+            "the database lacks oplog migration 2 (entry transaction ids, consumer positions):"
+            f" apply it with oplog.migrate ({exc.diag.message_primary})"
+        ) from exc
+
+
 def _listen(channel: str) -> sql.Composed:
     return sql.SQL("listen {}").format(sql.Identifier(channel))
 
@@ -272,7 +287,8 @@ def tail_pages(
             row = conn.execute(SNAPSHOT).fetchone()
             assert row is not None
             cursor.begin(row[0])
-        rows = conn.execute(TAIL_PAGE, cursor.params(), prepare=False).fetchall()
+        with needs_migration_2():
+            rows = conn.execute(TAIL_PAGE, cursor.params(), prepare=False).fetchall()
         ids = [row[0] for row in rows]
         metadata = conn.execute(TAIL_METADATA, (ids,)).fetchall() if ids else []
         end_read()
@@ -347,14 +363,16 @@ class Consumer:
         transaction ends, so two processes running the same consumer take turns instead of
         both applying the same entries.
         """
-        if lock:
-            conn.execute(self._CREATE, (self.name, str(Checkpoint.START)))
-        row = conn.execute(self._LOCK if lock else self._GET, (self.name,)).fetchone()
+        with needs_migration_2():
+            if lock:
+                conn.execute(self._CREATE, (self.name, str(Checkpoint.START)))
+            row = conn.execute(self._LOCK if lock else self._GET, (self.name,)).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
     def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
         """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
-        conn.execute(self._SAVE, (self.name, str(Checkpoint.of(checkpoint))))
+        with needs_migration_2():
+            conn.execute(self._SAVE, (self.name, str(Checkpoint.of(checkpoint))))
 
 
 def consume(
