@@ -182,6 +182,13 @@ def test_batch_migration_cost(
     benchmark(log.write_many, conn, items)
 
 
+def _fill(conn: psycopg.Connection[Any], log: oplog.Oplog, entries: int) -> None:
+    """Writes `entries` entries, in batches."""
+    for start in range(0, entries, BATCH):
+        end = min(start + BATCH, entries)
+        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, end)])
+
+
 # --- 3. reading ---------------------------------------------------------------------------------
 
 
@@ -190,8 +197,7 @@ def test_read_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) 
     log = oplog.Oplog(WRAPPER, CATALOG)
     entries = READ_ENTRIES if not benchmark.disabled else 200
     benchmark.extra_info["entries"] = entries
-    for start in range(0, entries, BATCH):
-        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, start + BATCH)])
+    _fill(conn, log, entries)
 
     def read() -> int:
         return sum(len(e.unmarshal_data(CATALOG)) for e in log.read(conn, limit=entries))
@@ -205,9 +211,7 @@ def test_tail_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) 
     log = oplog.Oplog(WRAPPER, CATALOG)
     entries = READ_ENTRIES if not benchmark.disabled else 200
     benchmark.extra_info["entries"] = entries
-    for start in range(0, entries, BATCH):
-        end = min(start + BATCH, entries)
-        log.write_many(conn, [("users", [_op(i)], METADATA) for i in range(start, end)])
+    _fill(conn, log, entries)
 
     def tail() -> int:
         return sum(len(e.unmarshal_data(CATALOG)) for e, _ in log.tail(conn, follow=False))

@@ -58,6 +58,25 @@ class AsyncOplog(OplogBase):
     """:class:`oplog.Oplog` for ``psycopg.AsyncConnection``: the same arguments, the same
     statements, the same errors."""
 
+    async def _redeem_and_write(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        entry: Entry,
+        query: str | bytes,
+        params: Any,
+        ticket: str,
+    ) -> Entry:
+        """See ``Oplog._redeem_and_write``."""
+        for first in (True, False):
+            with conflicts_as_ticket_errors(f"write entry for {entry.aggregate_name!r}"):
+                row = await (await conn.execute(query, params)).fetchone()
+            if row is not None:
+                return _written(entry, row)
+            if first:
+                with conflicts_as_ticket_errors(f"init ticket {ticket!r}"):
+                    await conn.execute(INIT_TICKET, (ticket,))
+        raise _invisible_ticket(entry.aggregate_name)
+
     async def write(
         self,
         conn: psycopg.AsyncConnection[Any],
@@ -67,15 +86,7 @@ class AsyncOplog(OplogBase):
     ) -> Entry:
         """Writes one entry in the caller's transaction; see :meth:`oplog.Oplog.write`."""
         entry, params = self._prepare_write(aggregate_name, operations, metadata)
-        for first in (True, False):
-            with conflicts_as_ticket_errors(f"write entry for {aggregate_name!r}"):
-                row = await (await conn.execute(WRITE_ENTRY, params)).fetchone()
-            if row is not None:
-                return _written(entry, row)
-            if first:
-                with conflicts_as_ticket_errors(f"init ticket {params['ticket']!r}"):
-                    await conn.execute(INIT_TICKET, (params["ticket"],))
-        raise _invisible_ticket(aggregate_name)
+        return await self._redeem_and_write(conn, entry, WRITE_ENTRY, params, params["ticket"])
 
     async def apply(
         self,
@@ -87,15 +98,7 @@ class AsyncOplog(OplogBase):
         """Performs the operations and writes their entry in one statement; see
         :meth:`oplog.Oplog.apply`."""
         entry, query, params = self._prepare_apply(conn, aggregate_name, operations, metadata)
-        for first in (True, False):
-            with conflicts_as_ticket_errors(f"apply an entry for {aggregate_name!r}"):
-                row = await (await conn.execute(query, params)).fetchone()
-            if row is not None:
-                return _written(entry, row)
-            if first:
-                with conflicts_as_ticket_errors(f"init ticket {params[0]!r}"):
-                    await conn.execute(INIT_TICKET, (params[0],))
-        raise _invisible_ticket(aggregate_name)
+        return await self._redeem_and_write(conn, entry, query, params, params[0])
 
     async def write_many(
         self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]

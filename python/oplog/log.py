@@ -279,6 +279,27 @@ class Oplog(OplogBase):
         version: The queue format written, ``"v2"`` (default) or ``"v1"``.
     """
 
+    def _redeem_and_write(
+        self,
+        conn: psycopg.Connection[Any],
+        entry: Entry,
+        query: str | bytes,
+        params: Any,
+        ticket: str,
+    ) -> Entry:
+        """Runs a statement that redeems `ticket` and writes `entry` (returning its id and
+        create time); the first time an aggregate is seen, creates its ticket and runs it
+        again (the statement changes nothing without the ticket)."""
+        for first in (True, False):
+            with conflicts_as_ticket_errors(f"write entry for {entry.aggregate_name!r}"):
+                row = conn.execute(query, params).fetchone()
+            if row is not None:
+                return _written(entry, row)
+            if first:
+                with conflicts_as_ticket_errors(f"init ticket {ticket!r}"):
+                    conn.execute(INIT_TICKET, (ticket,))
+        raise _invisible_ticket(entry.aggregate_name)
+
     def ticketer(self, conn: psycopg.Connection[Any]) -> Ticketer:
         """A ticketer on `conn` with this log's ticket settings."""
         return Ticketer(conn, aggregate_names=self.aggregate_names, lock=self.lock)
@@ -307,16 +328,7 @@ class Oplog(OplogBase):
             TicketConflictError: Another writer of the aggregate committed first; roll back.
         """
         entry, params = self._prepare_write(aggregate_name, operations, metadata)
-        for first in (True, False):
-            with conflicts_as_ticket_errors(f"write entry for {aggregate_name!r}"):
-                row = conn.execute(WRITE_ENTRY, params).fetchone()
-            if row is not None:
-                return _written(entry, row)
-            if first:
-                # The aggregate's first entry: create its ticket, then write.
-                with conflicts_as_ticket_errors(f"init ticket {params['ticket']!r}"):
-                    conn.execute(INIT_TICKET, (params["ticket"],))
-        raise _invisible_ticket(aggregate_name)
+        return self._redeem_and_write(conn, entry, WRITE_ENTRY, params, params["ticket"])
 
     def apply(
         self,
@@ -342,15 +354,7 @@ class Oplog(OplogBase):
             TicketConflictError: As for :meth:`write`.
         """
         entry, query, params = self._prepare_apply(conn, aggregate_name, operations, metadata)
-        for first in (True, False):
-            with conflicts_as_ticket_errors(f"apply an entry for {aggregate_name!r}"):
-                row = conn.execute(query, params).fetchone()
-            if row is not None:
-                return _written(entry, row)
-            if first:
-                with conflicts_as_ticket_errors(f"init ticket {params[0]!r}"):
-                    conn.execute(INIT_TICKET, (params[0],))
-        raise _invisible_ticket(aggregate_name)
+        return self._redeem_and_write(conn, entry, query, params, params[0])
 
     def write_many(self, conn: psycopg.Connection[Any], items: Iterable[BatchItem]) -> list[int]:
         """Writes many entries in the caller's transaction with a constant number of round
