@@ -26,6 +26,7 @@ from oplog import pgarray
 from oplog.entry import WRITE_ENTRY, Entry
 from oplog.errors import TicketConflictError
 from oplog.log import (
+    _WRITE_ENTRY_ALONE,
     READ_METADATA,
     READ_PAGE,
     WRITE_MANY,
@@ -86,7 +87,8 @@ class AsyncOplog(OplogBase):
     ) -> Entry:
         """Writes one entry in the caller's transaction; see :meth:`oplog.Oplog.write`."""
         entry, params = self._prepare_write(aggregate_name, operations, metadata)
-        return await self._redeem_and_write(conn, entry, WRITE_ENTRY, params, params["ticket"])
+        query = WRITE_ENTRY if params["keys"] else _WRITE_ENTRY_ALONE
+        return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
 
     async def apply(
         self,

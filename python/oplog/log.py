@@ -68,6 +68,20 @@ select id from numbered order by ord
 """
 
 
+# WRITE_ENTRY for an entry without metadata: two parameters fewer to adapt and send.
+_WRITE_ENTRY_ALONE = """
+with ticket as (
+  update oplog_ticket set version = version + 1, update_time = current_timestamp
+  where name = %(ticket)b::text
+  returning id
+), entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
+  returning id, create_time
+)
+select id, create_time from entry
+"""
+
 # Oplog.apply: after the data CTEs (each changes nothing unless `ticket` returned a row), the
 # entry and its metadata, as in WRITE_ENTRY; positional parameters, after the data's.
 _APPLY_TICKET = b"""ticket as (
@@ -78,11 +92,13 @@ _APPLY_ENTRY = b""", entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id)
   select %b::text, %b::text, %b, %b::text from ticket
   returning id, create_time
-), metadata as (
+)"""
+_APPLY_METADATA = b""", metadata as (
   insert into oplog_metadata (entry_id, key, value)
   select entry.id, m.key, m.value
   from entry, unnest(%b::text[], %b::text[]) as m (key, value)
-)
+)"""
+_APPLY_RESULT = b"""
 select id, create_time from entry
 """
 
@@ -211,12 +227,15 @@ class OplogBase:
             touched.add(identity)
             parts += [b", d%d as (" % len(touched), query, b")"]
             data_params += params
-        parts.append(_APPLY_ENTRY)
         entry, p = self._prepare_write(aggregate_name, ops, metadata)
         params = [
             p["ticket"], *data_params, p["version"], p["aggregate_name"], p["data"], p["key_id"],
-            p["keys"], p["values"],
         ]  # fmt: skip
+        parts.append(_APPLY_ENTRY)
+        if p["keys"]:  # metadata rows, only when there are any (fewer parameters to adapt)
+            parts.append(_APPLY_METADATA)
+            params += [p["keys"], p["values"]]
+        parts.append(_APPLY_RESULT)
         return entry, b"".join(parts), params
 
     def _prepare_batch(self, items: Iterable[BatchItem]) -> dict[str, Any] | None:
@@ -328,7 +347,8 @@ class Oplog(OplogBase):
             TicketConflictError: Another writer of the aggregate committed first; roll back.
         """
         entry, params = self._prepare_write(aggregate_name, operations, metadata)
-        return self._redeem_and_write(conn, entry, WRITE_ENTRY, params, params["ticket"])
+        query = WRITE_ENTRY if params["keys"] else _WRITE_ENTRY_ALONE
+        return self._redeem_and_write(conn, entry, query, params, params["ticket"])
 
     def apply(
         self,
