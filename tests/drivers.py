@@ -29,16 +29,25 @@ class _Tally:
         self.retries += 1
 
 
+def _user_names(entry: oplog.Entry) -> list[str]:
+    return [
+        op.message.name  # type: ignore[attr-defined]
+        for op in entry.unmarshal_data(CATALOG)
+    ]
+
+
 class SyncDriver:
     """The sync API on a psycopg Connection."""
 
     kind = "sync"
 
     def __init__(self, dsn: str, isolation: psycopg.IsolationLevel | None = None) -> None:
+        self.dsn = dsn
         self.conn = psycopg.connect(dsn)
         if isolation is not None:
             self.conn.isolation_level = isolation
         self.log = oplog.Oplog(WRAPPER, CATALOG)
+        self.target: psycopg.Connection[Any] | None = None
 
     def write(
         self, aggregate: str, ops: list[oplog.Operation], metadata: Any = None
@@ -91,7 +100,25 @@ class SyncDriver:
         ids = oplog.run_in_transaction(self.conn, unit, on_retry=tally.retried)
         return ids, tally.retries
 
+    def consume(self, consumer: str, fail_on: str | None = None, **kwargs: Any) -> int:
+        """log.consume from this driver's connection into a second one, recording each
+        operation's user name in table ``consumed``; raises RuntimeError (after recording)
+        at the entry naming `fail_on`."""
+        if self.target is None:
+            self.target = psycopg.connect(self.dsn)
+
+        def apply(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
+            names = _user_names(entry)
+            for name in names:
+                target.execute("insert into consumed values (%s, %s)", (entry.id, name))
+            if fail_on in names:
+                raise RuntimeError("apply failed")
+
+        return self.log.consume(self.conn, self.target, consumer, apply, **kwargs)
+
     def close(self) -> None:
+        if self.target is not None:
+            self.target.close()
         self.conn.close()
 
 
@@ -101,6 +128,8 @@ class AsyncDriver:
     kind = "async"
 
     def __init__(self, dsn: str, isolation: psycopg.IsolationLevel | None = None) -> None:
+        self.dsn = dsn
+        self.target: psycopg.AsyncConnection[Any] | None = None
         self.loop = asyncio.new_event_loop()
         self.conn = self.loop.run_until_complete(psycopg.AsyncConnection.connect(dsn))
         if isolation is not None:
@@ -183,7 +212,27 @@ class AsyncDriver:
         )
         return ids, tally.retries
 
+    def consume(self, consumer: str, fail_on: str | None = None, **kwargs: Any) -> int:
+        """AsyncOplog.consume from this driver's connection into a second one; as
+        SyncDriver.consume."""
+
+        async def apply(target: psycopg.AsyncConnection[Any], entry: oplog.Entry) -> None:
+            names = _user_names(entry)
+            for name in names:
+                await target.execute("insert into consumed values (%s, %s)", (entry.id, name))
+            if fail_on in names:
+                raise RuntimeError("apply failed")
+
+        async def run() -> int:
+            if self.target is None:
+                self.target = await psycopg.AsyncConnection.connect(self.dsn)
+            return await self.log.consume(self.conn, self.target, consumer, apply, **kwargs)
+
+        return self.loop.run_until_complete(run())
+
     def close(self) -> None:
+        if self.target is not None:
+            self.loop.run_until_complete(self.target.close())
         self.loop.run_until_complete(self.conn.close())
         self.loop.close()
 

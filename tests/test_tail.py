@@ -278,18 +278,28 @@ def test_a_consumer_position_is_saved_in_the_callers_transaction(
 
 
 def test_consume_applies_each_entry_once_across_runs(
-    conn: psycopg.Connection[Any], connect: Connect, consumed: str
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect, consumed: str
 ) -> None:
-    writer, source, target = connect(), connect(), connect()
+    writer = connect()
     for i in range(5):
         _commit(writer, f"a{i % 2}", f"u{i}")
-    assert LOG.consume(source, target, "c", _record, follow=False, batch_size=2) == 5
-    assert LOG.consume(source, target, "c", _record, follow=False) == 0
+    driver = make_driver()
+    committed: list[tuple[int, oplog.Checkpoint]] = []
+    seen = lambda n, cp: committed.append((n, cp))  # noqa: E731
+    assert driver.consume("c", follow=False, batch_size=2, on_commit=seen) == 5
+    assert [n for n, _ in committed] == [2, 2, 1]
+    assert oplog.Consumer("c").position(conn) == committed[-1][1]
+    conn.rollback()
+    assert driver.consume("c", follow=False) == 0
     for i in range(5, 8):
         _commit(writer, "a0", f"u{i}")
-    assert LOG.consume(source, target, oplog.Consumer("c"), _record, follow=False) == 3
+    assert driver.consume("c", follow=False) == 3
     rows = conn.execute("select name from consumed order by entry_id").fetchall()
     assert [r[0] for r in rows] == [f"u{i}" for i in range(8)]
+
+
+def test_consume_needs_two_connections_and_an_idle_target(connect: Connect) -> None:
+    source, target = connect(), connect()
     with pytest.raises(oplog.InvalidParameterError, match="two connections"):
         LOG.consume(source, source, "c", _record, follow=False)
     target.execute("select 1")
@@ -298,21 +308,16 @@ def test_consume_applies_each_entry_once_across_runs(
 
 
 def test_consume_rolls_back_a_page_whose_apply_fails(
-    conn: psycopg.Connection[Any], connect: Connect, consumed: str
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect, consumed: str
 ) -> None:
-    writer, source, target = connect(), connect(), connect()
+    writer = connect()
     for i in range(3):
         _commit(writer, "a", f"u{i}")
-
-    def fail_on_u1(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
-        _record(target, entry)
-        if _names([(entry, oplog.Checkpoint.START)]) == ["u1"]:
-            raise RuntimeError("apply failed")
-
+    driver = make_driver()
     with pytest.raises(RuntimeError, match="apply failed"):
-        LOG.consume(source, target, "c", fail_on_u1, follow=False, batch_size=2)
+        driver.consume("c", fail_on="u1", follow=False, batch_size=2)
     assert [r[0] for r in conn.execute("select name from consumed").fetchall()] == []
-    assert LOG.consume(source, target, "c", _record, follow=False) == 3
+    assert driver.consume("c", follow=False) == 3
     assert conn.execute("select count(*) from consumed").fetchone() == (3,)
 
 

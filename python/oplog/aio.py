@@ -42,15 +42,18 @@ from oplog.tail import (
     TAIL_METADATA,
     TAIL_PAGE,
     Checkpoint,
+    ConsumerBase,
+    TailPage,
     _Cursor,
     _listen,
+    check_consume_connections,
     check_tail_arguments,
     needs_migration_2,
 )
 from oplog.ticket import INIT_TICKET, conflicts_as_ticket_errors
 from oplog.transaction import backoff_seconds, check_retry_arguments
 
-__all__ = ["AsyncOplog", "run_in_transaction"]
+__all__ = ["AsyncConsumer", "AsyncOplog", "run_in_transaction"]
 
 T = TypeVar("T")
 
@@ -150,8 +153,28 @@ class AsyncOplog(OplogBase):
     ) -> AsyncGenerator[tuple[Entry, Checkpoint], None]:
         """Yields every committed entry after `after` exactly once, with the checkpoint after
         it, then waits for more; see :meth:`oplog.Oplog.tail`. `stop` is an asyncio.Event."""
+        start = Checkpoint.of(after)
+        pages = self._pages(conn, start, batch_size, poll_interval, channel, stop, follow)
+        try:
+            async for page in pages:
+                for item in page:
+                    yield item
+        finally:
+            await pages.aclose()
+
+    async def _pages(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        after: Checkpoint,
+        batch_size: int,
+        poll_interval: float,
+        channel: str | None,
+        stop: asyncio.Event | None,
+        follow: bool,
+    ) -> AsyncGenerator[TailPage, None]:
+        """The pages of a tail; never yields an empty page (see ``oplog.tail.tail_pages``)."""
         check_tail_arguments(conn, batch_size, poll_interval, channel)
-        cursor = _Cursor(Checkpoint.of(after), batch_size)
+        cursor = _Cursor(after, batch_size)
         if channel is not None:
             await conn.execute(_listen(channel))
             if not conn.autocommit:
@@ -162,18 +185,84 @@ class AsyncOplog(OplogBase):
                 assert row is not None
                 cursor.begin(row[0])
             with needs_migration_2():
-                page = await conn.execute(TAIL_PAGE, cursor.params(), prepare=False)
-            rows = await page.fetchall()
+                found = await conn.execute(TAIL_PAGE, cursor.params(), prepare=False)
+            rows = await found.fetchall()
             ids = [row[0] for row in rows]
             metadata = await (await conn.execute(TAIL_METADATA, (ids,))).fetchall() if ids else []
             if not conn.autocommit:
                 await conn.commit()
-            for item in cursor.page(rows, metadata, self.wrapper):
-                yield item
+            page = cursor.page(rows, metadata, self.wrapper)
+            if page:
+                yield page
             if cursor.caught_up:
                 if not follow:
                     return
                 await _wait(conn, channel, poll_interval, stop)
+
+    async def consume(
+        self,
+        source: psycopg.AsyncConnection[Any],
+        target: psycopg.AsyncConnection[Any],
+        consumer: AsyncConsumer | str,
+        apply: Callable[[psycopg.AsyncConnection[Any], Entry], Awaitable[object]],
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: asyncio.Event | None = None,
+        follow: bool = True,
+        on_commit: Callable[[int, Checkpoint], object] | None = None,
+    ) -> int:
+        """Tails `source` and awaits ``apply(target, entry)`` for each entry, each page and the
+        consumer's position committed together on `target`; see :meth:`oplog.Oplog.consume`."""
+        if not isinstance(consumer, AsyncConsumer):
+            consumer = AsyncConsumer(consumer)
+        check_consume_connections(source, target)
+        async with target.transaction():
+            position = await consumer.position(target)
+        applied = 0
+        while True:
+            restart = False
+            pages = self._pages(source, position, batch_size, poll_interval, channel, stop, follow)
+            try:
+                async for page in pages:
+                    async with target.transaction():
+                        stored = await consumer.position(target, lock=True)
+                        if stored != position:
+                            # Another process running this consumer got further.
+                            position, restart = stored, True
+                            break
+                        for entry, _ in page:
+                            await apply(target, entry)
+                        position = page[-1][1]
+                        await consumer.save(target, position)
+                    applied += len(page)
+                    if on_commit is not None:
+                        on_commit(len(page), position)
+            finally:
+                await pages.aclose()
+            if not restart:
+                return applied
+
+
+class AsyncConsumer(ConsumerBase):
+    """:class:`oplog.Consumer` on ``psycopg.AsyncConnection``: a named position in the
+    ``oplog_consumer`` table, read and saved in the caller's transaction."""
+
+    async def position(
+        self, conn: psycopg.AsyncConnection[Any], *, lock: bool = False
+    ) -> Checkpoint:
+        """The saved checkpoint; see :meth:`oplog.Consumer.position`."""
+        with needs_migration_2():
+            for query, params in self._position_statements(lock):
+                cursor = await conn.execute(query, params)
+            row = await cursor.fetchone()
+        return Checkpoint.START if row is None else Checkpoint.parse(row[0])
+
+    async def save(self, conn: psycopg.AsyncConnection[Any], checkpoint: Checkpoint | str) -> None:
+        """Stores `checkpoint`, in the caller's transaction; see :meth:`oplog.Consumer.save`."""
+        with needs_migration_2():
+            await conn.execute(*self._save_statement(checkpoint))
 
 
 async def _wait(

@@ -50,7 +50,9 @@ __all__ = [
     "TAIL_PAGE",
     "Checkpoint",
     "Consumer",
+    "ConsumerBase",
     "TailPage",
+    "check_consume_connections",
     "check_tail_arguments",
     "consume",
     "needs_migration_2",
@@ -256,6 +258,21 @@ def needs_migration_2() -> Iterator[None]:
         ) from exc
 
 
+def check_consume_connections(
+    source: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    target: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> None:
+    """Raises InvalidParameterError unless a consumer can tail `source` and commit on
+    `target`."""
+    if source is target:
+        raise InvalidParameterError("consume needs two connections: one tails, one applies")
+    if target.info.transaction_status != TransactionStatus.IDLE:
+        raise InvalidParameterError(
+            "consume commits a transaction per page on the target connection: it must not be"
+            " inside a transaction already"
+        )
+
+
 def _listen(channel: str) -> sql.Composed:
     return sql.SQL("listen {}").format(sql.Identifier(channel))
 
@@ -324,13 +341,9 @@ def _wait(
             return
 
 
-class Consumer:
-    """A named reader of the log whose checkpoint is stored in the ``oplog_consumer`` table,
-    in the consumer's own transactions.
-
-    Apply what the tail delivers and :meth:`save` the checkpoint in one transaction, and each
-    entry is processed exactly once across crashes and restarts (:meth:`oplog.Oplog.consume`
-    does this loop).
+class ConsumerBase:
+    """The name of a consumer and the statements on its ``oplog_consumer`` row; the I/O is
+    in :class:`Consumer` and ``oplog.aio.AsyncConsumer``.
 
     Raises:
         InvalidParameterError: `name` is not a non-empty str.
@@ -354,7 +367,31 @@ class Consumer:
         self.name = name
 
     def __repr__(self) -> str:
-        return f"Consumer({self.name!r})"
+        return f"{type(self).__name__}({self.name!r})"
+
+    def _position_statements(self, lock: bool) -> list[tuple[sql.Composed, tuple[str, ...]]]:
+        """With `lock`: create the row if missing, then read it FOR UPDATE; else read it. Only
+        the last statement returns a row."""
+        read = (self._LOCK if lock else self._GET, (self.name,))
+        if lock:
+            return [(self._CREATE, (self.name, str(Checkpoint.START))), read]
+        return [read]
+
+    def _save_statement(self, checkpoint: Checkpoint | str) -> tuple[sql.Composed, tuple[str, str]]:
+        return self._SAVE, (self.name, str(Checkpoint.of(checkpoint)))
+
+
+class Consumer(ConsumerBase):
+    """A named reader of the log whose checkpoint is stored in the ``oplog_consumer`` table,
+    in the consumer's own transactions.
+
+    Apply what the tail delivers and :meth:`save` the checkpoint in one transaction, and each
+    entry is processed exactly once across crashes and restarts (:meth:`oplog.Oplog.consume`
+    does this loop).
+
+    Raises:
+        InvalidParameterError: `name` is not a non-empty str.
+    """
 
     def position(self, conn: psycopg.Connection[Any], *, lock: bool = False) -> Checkpoint:
         """The consumer's saved checkpoint (:attr:`Checkpoint.START` for a new consumer).
@@ -364,15 +401,15 @@ class Consumer:
         both applying the same entries.
         """
         with needs_migration_2():
-            if lock:
-                conn.execute(self._CREATE, (self.name, str(Checkpoint.START)))
-            row = conn.execute(self._LOCK if lock else self._GET, (self.name,)).fetchone()
+            for query, params in self._position_statements(lock):
+                cursor = conn.execute(query, params)
+            row = cursor.fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
     def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
         """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
         with needs_migration_2():
-            conn.execute(self._SAVE, (self.name, str(Checkpoint.of(checkpoint))))
+            conn.execute(*self._save_statement(checkpoint))
 
 
 def consume(
@@ -390,13 +427,7 @@ def consume(
     on_commit: Callable[[int, Checkpoint], object] | None = None,
 ) -> int:
     """See :meth:`oplog.Oplog.consume`."""
-    if source is target:
-        raise InvalidParameterError("consume needs two connections: one tails, one applies")
-    if target.info.transaction_status != TransactionStatus.IDLE:
-        raise InvalidParameterError(
-            "consume commits a transaction per page on the target connection: it must not be"
-            " inside a transaction already"
-        )
+    check_consume_connections(source, target)
     with target.transaction():
         position = consumer.position(target)
     applied = 0
