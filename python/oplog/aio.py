@@ -254,9 +254,10 @@ class AsyncConsumer(ConsumerBase):
     ) -> Checkpoint:
         """The saved checkpoint; see :meth:`oplog.Consumer.position`."""
         with needs_migration_2():
-            for query, params in self._position_statements(lock):
-                cursor = await conn.execute(query, params)
-            row = await cursor.fetchone()
+            row = await (await conn.execute(*self._read_statement(lock))).fetchone()
+            if row is None and lock:
+                await conn.execute(*self._create_statement())
+                row = await (await conn.execute(*self._read_statement(lock))).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
     async def save(self, conn: psycopg.AsyncConnection[Any], checkpoint: Checkpoint | str) -> None:

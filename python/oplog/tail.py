@@ -369,13 +369,11 @@ class ConsumerBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
-    def _position_statements(self, lock: bool) -> list[tuple[sql.Composed, tuple[str, ...]]]:
-        """With `lock`: create the row if missing, then read it FOR UPDATE; else read it. Only
-        the last statement returns a row."""
-        read = (self._LOCK if lock else self._GET, (self.name,))
-        if lock:
-            return [(self._CREATE, (self.name, str(Checkpoint.START))), read]
-        return [read]
+    def _read_statement(self, lock: bool) -> tuple[sql.Composed, tuple[str]]:
+        return (self._LOCK if lock else self._GET), (self.name,)
+
+    def _create_statement(self) -> tuple[sql.Composed, tuple[str, str]]:
+        return self._CREATE, (self.name, str(Checkpoint.START))
 
     def _save_statement(self, checkpoint: Checkpoint | str) -> tuple[sql.Composed, tuple[str, str]]:
         return self._SAVE, (self.name, str(Checkpoint.of(checkpoint)))
@@ -401,9 +399,11 @@ class Consumer(ConsumerBase):
         both applying the same entries.
         """
         with needs_migration_2():
-            for query, params in self._position_statements(lock):
-                cursor = conn.execute(query, params)
-            row = cursor.fetchone()
+            row = conn.execute(*self._read_statement(lock)).fetchone()
+            if row is None and lock:
+                # A new consumer: make the row that the lock needs (once), then take it.
+                conn.execute(*self._create_statement())
+                row = conn.execute(*self._read_statement(lock)).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
     def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
