@@ -378,7 +378,9 @@ class Writer:
                 path in both lists, or an unset primary key.
         """
         m = self._map(msg, table)
-        sets, nulls, params, versioned = self._update_parts(m, msg, field_mask, null_paths, options)
+        sets, nulls = self._update_columns(m, field_mask, null_paths)
+        params = self._key_params(m, msg) + self._version_params(m, options)
+        versioned = len(params) > len(m.primary_key)
         query = self._compiled(
             ("update", m, *(c.name for c in sets), None, *(c.name for c in nulls), versioned),
             lambda: sql.SQL("update {} set {} where {}").format(
@@ -388,16 +390,10 @@ class Writer:
         cur = self._conn.execute(query, [*(to_db(msg, c) for c in sets), *params])
         return cur.rowcount
 
-    def _update_parts(
-        self,
-        m: _Mapping,
-        msg: Message,
-        field_mask: Iterable[str],
-        null_paths: Iterable[str],
-        options: OperationOptions | None,
-    ) -> tuple[list[_Column], list[_Column], list[Any], bool]:
-        """The columns to set and to null, the where clause's parameters, and whether it
-        checks the version."""
+    def _update_columns(
+        self, m: _Mapping, field_mask: Iterable[str], null_paths: Iterable[str]
+    ) -> tuple[list[_Column], list[_Column]]:
+        """The columns an update sets and nulls, checked."""
         if isinstance(field_mask, str) or isinstance(null_paths, str):
             raise InvalidParameterError("field_mask and null_paths are sequences of str")
         sets = [m.resolve(p) for p in field_mask]
@@ -409,8 +405,7 @@ class Writer:
             raise InvalidParameterError(f"paths {sorted(both)} are both set and set to null")
         if any(c in m.primary_key for c in (*sets, *nulls)):
             raise InvalidParameterError("the primary key cannot be updated")
-        params = self._key_params(m, msg) + self._version_params(m, options)
-        return sets, nulls, params, len(params) > len(m.primary_key)
+        return sets, nulls
 
     def gated(self, op: Operation) -> tuple[bytes, list[Any], tuple[Any, ...]]:
         """For :meth:`oplog.Oplog.apply`: the statement performing `op` (a CREATE, UPDATE or
@@ -443,14 +438,14 @@ class Writer:
             )
             return query, [to_db(msg, c) for c in columns], identity
         if op.op_type == OpType.UPDATE:
-            sets, nulls, params, _ = self._update_parts(m, msg, op.field_mask, op.null_paths, None)
+            sets, nulls = self._update_columns(m, op.field_mask, op.null_paths)
             query = self._compiled(
                 ("gated update", m, *(c.name for c in sets), None, *(c.name for c in nulls)),
                 lambda: sql.SQL("update {} set {} where {} and exists (select from ticket)").format(
                     sql.Identifier(m.table.name), _assignments(sets, nulls), self._where(m, False)
                 ),
             )
-            return query, [*(to_db(msg, c) for c in sets), *params], identity
+            return query, [*(to_db(msg, c) for c in sets), *key], identity
         if op.op_type == OpType.DELETE:
             query = self._compiled(
                 ("gated delete", m),
