@@ -87,10 +87,14 @@ def settle(fut: Future[Any], pid: int, monitor: psycopg.Connection[Any]) -> bool
         if fut.done():
             fut.result()
             return True
+        # Blocked means waiting on a lock that another backend holds: a backend whose holder has
+        # just committed still shows the lock wait until it is scheduled again, and is not blocked.
         row = monitor.execute(
-            "select wait_event_type from pg_stat_activity where pid = %s", (pid,)
+            "select wait_event_type = 'Lock' and cardinality(pg_blocking_pids(pid)) > 0"
+            " from pg_stat_activity where pid = %s",
+            (pid,),
         ).fetchone()
-        if row is not None and row[0] == "Lock":
+        if row is not None and row[0]:
             # The statement may have finished between the two checks; done() decides.
             return fut.done()
         time.sleep(0.002)
