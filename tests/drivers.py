@@ -85,6 +85,9 @@ class SyncDriver:
     def rollback(self) -> None:
         self.conn.rollback()
 
+    def set_autocommit(self, value: bool) -> None:
+        self.conn.autocommit = value
+
     def run_in_transaction(
         self, items: list[BatchItem], before_write: Callable[[int], None]
     ) -> tuple[list[int], int]:
@@ -194,6 +197,9 @@ class AsyncDriver:
 
     def rollback(self) -> None:
         self.loop.run_until_complete(self.conn.rollback())
+
+    def set_autocommit(self, value: bool) -> None:
+        self.loop.run_until_complete(self.conn.set_autocommit(value))
 
     def run_in_transaction(
         self, items: list[BatchItem], before_write: Callable[[int], None]

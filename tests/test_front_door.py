@@ -119,6 +119,61 @@ def test_invalid_items_write_nothing(
     assert count(conn, "oplog_entry") == 0
 
 
+def _bad_update(i: int) -> oplog.Operation:
+    return oplog.Operation(TestUser(id=i), "user", oplog.OpType.UPDATE)  # no paths: invalid
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["in-transaction", "autocommit"])
+@pytest.mark.parametrize("failure", ["client", "server"])
+def test_a_large_batch_failing_late_leaves_nothing(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], autocommit: bool, failure: str
+) -> None:
+    """A batch large enough to go in chunks fails after its first chunk was sent: on the client
+    (an item that does not encode) or on the server (a row a constraint refuses). Nothing of it
+    remains, and in a transaction what came before it is kept and the transaction goes on."""
+    conn.execute("alter table oplog_metadata add constraint no_boom check (value <> 'boom')")
+    conn.commit()
+    d = make_driver()
+    try:
+        d.set_autocommit(autocommit)
+        before = d.write_many(_items(2, ["a", "b"]))  # both tickets exist: the batch redeems
+        items = _items(1000, ["a", "b"])
+        if failure == "client":
+            items[990] = ("a", [_bad_update(990)], None)
+            error: type[Exception] = oplog.InvalidParameterError
+        else:
+            items[990] = ("a", items[990][1], {"n": ["boom"]})
+            error = psycopg.errors.CheckViolation
+        with pytest.raises(error):
+            d.write_many(items)
+        after = d.write_many(_items(3, ["b"]))
+        d.commit()
+        assert [e.id for e in d.read()] == before + after
+        versions = dict(conn.execute("select name, version from oplog_ticket").fetchall())
+        assert versions == {"a": 2, "b": 3}
+    finally:
+        d.rollback()  # the constraint goes when nothing holds the table
+        conn.rollback()
+        conn.execute("alter table oplog_metadata drop constraint no_boom")
+        conn.commit()
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["in-transaction", "autocommit"])
+def test_a_large_batch_redeems_only_its_own_tickets(
+    make_driver: MakeDriver, autocommit: bool
+) -> None:
+    """Two chunked batches in one transaction, the second with an aggregate never seen: its
+    first run finds a ticket missing and writes nothing (no chunk of it may ride on the first
+    batch's redeem), then it creates the ticket and writes everything once."""
+    d = make_driver()
+    d.set_autocommit(autocommit)
+    first = d.write_many(_items(600, ["a"]))
+    second = d.write_many(_items(700, ["a", "new"]))
+    d.commit()
+    assert first + second == list(range(1, 1301))
+    assert len(d.read()) == 1300
+
+
 def test_a_conflict_on_one_aggregate_rolls_back_the_whole_batch(
     make_driver: MakeDriver, connect: Connect
 ) -> None:

@@ -29,12 +29,13 @@ from oplog.log import (
     _WRITE_ENTRY_ALONE,
     READ_METADATA,
     READ_PAGE,
-    WRITE_MANY,
     BatchItem,
     OplogBase,
+    _Batch,
     _invisible_ticket,
     _Pages,
     _written,
+    batch_block,
 )
 from oplog.operation import Operation
 from oplog.tail import (
@@ -56,6 +57,29 @@ from oplog.transaction import backoff_seconds, check_retry_arguments
 __all__ = ["AsyncConsumer", "AsyncOplog", "run_in_transaction"]
 
 T = TypeVar("T")
+
+
+async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: _Batch) -> list[int] | None:
+    """Sends the batch's statements; see ``oplog.log._send_batch``."""
+    if not batch.chunked:
+        ((query, params),) = batch.statements()
+        rows = await (await conn.execute(query, params)).fetchall()
+        return batch.check_ids([int(row[0]) for row in rows])
+    block = batch_block(conn)
+    try:
+        async with conn.pipeline():
+            await conn.execute(block.begin)
+            cursors = [await conn.execute(query, params) for query, params in batch.statements()]
+            ids = [int(row[0]) for c in cursors for row in await c.fetchall()]
+            written = batch.check_ids(ids)
+            await conn.execute(block.end)
+        return written
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                for statement in block.undo:
+                    await conn.execute(statement)
+        raise
 
 
 class AsyncOplog(OplogBase):
@@ -109,20 +133,20 @@ class AsyncOplog(OplogBase):
         self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]
     ) -> list[int]:
         """Writes a batch of entries in one round trip; see :meth:`oplog.Oplog.write_many`."""
-        params = self._prepare_batch(items)
-        if params is None:
+        batch = self._batch(items)
+        if batch is None:
             return []
         pgarray.register(conn)
         for first in (True, False):
             with conflicts_as_ticket_errors("write a batch of entries"):
-                rows = await (await conn.execute(WRITE_MANY, params)).fetchall()
-            if rows:
-                return [int(row[0]) for row in rows]
+                ids = await _send_batch(conn, batch)
+            if ids is not None:
+                return ids
             if first:
                 with conflicts_as_ticket_errors("init the batch's tickets"):
-                    for name in params["tickets"]:
+                    for name in batch.tickets:
                         await conn.execute(INIT_TICKET, (name,))
-        raise _invisible_ticket(", ".join(params["tickets"]))
+        raise _invisible_ticket(", ".join(batch.tickets))
 
     async def read(
         self,

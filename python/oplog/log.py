@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import psycopg
 
@@ -17,7 +19,7 @@ from oplog.entry import (
     metadata_rows,
     normalize_metadata,
 )
-from oplog.errors import InvalidParameterError, TicketConflictError
+from oplog.errors import InvalidParameterError, OplogError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Version
 from oplog.replay import Replayer
@@ -41,19 +43,20 @@ _PAGE = 500
 # the entries in input order (so their ids ascend with it) and their metadata. Nothing happens
 # unless every ticket exists. Parameters are binary, and the large arrays arrive packed by the
 # Rust core (see pgarray.py): dumping them element by element cost a fifth of a batch.
-WRITE_MANY = """
+_BATCH_TICKETS = """
 with locked as (
   select id from oplog_ticket where name = any(%(tickets)b::text[]) order by name for update
 ), redeemed as (
   update oplog_ticket set version = version + 1, update_time = current_timestamp
   where id in (select id from locked) and (select count(*) from locked) = %(ticket_count)b::bigint
   returning id
-), entry as (
+), """
+_BATCH_ENTRIES = """entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id)
   select %(version)b::text, u.aggregate_name, u.data, %(key_id)b::text
   from unnest(%(aggregates)b::text[], %(datas)b::bytea[])
     with ordinality as u (aggregate_name, data, ord)
-  where (select count(*) from redeemed) = %(ticket_count)b::bigint
+  where {gate}
   order by u.ord
   returning id
 ), numbered as (
@@ -66,6 +69,28 @@ with locked as (
 )
 select id from numbered order by ord
 """
+WRITE_MANY = _BATCH_TICKETS + _BATCH_ENTRIES.format(
+    gate="(select count(*) from redeemed) = %(ticket_count)b::bigint"
+)
+
+# A large batch goes in chunks through one pipeline (one round trip still), so that the
+# client encrypts a chunk while the server inserts the one before. The first chunk redeems
+# every ticket of the batch and, only then, sets a transaction-local token that the other
+# chunks require: they insert nothing unless this batch's redeem succeeded in this transaction.
+_WRITE_MANY_FIRST = (
+    _BATCH_TICKETS
+    + """armed as (
+  select set_config('oplog.batch', %(token)b::text, true)
+  where (select count(*) from redeemed) = %(ticket_count)b::bigint
+), """
+    + _BATCH_ENTRIES.format(gate="exists (select from armed)")
+)
+_WRITE_MANY_NEXT = "with " + _BATCH_ENTRIES.format(
+    gate="current_setting('oplog.batch', true) = %(token)b::text"
+)
+_CHUNKED_FROM = 256  # entries; smaller batches are one statement, prepared before it is sent
+_FIRST_CHUNK = 128  # the server starts on these while the client prepares the rest
+_CHUNK_GROWTH = 3
 
 
 # WRITE_ENTRY for an entry without metadata: two parameters fewer to adapt and send.
@@ -238,51 +263,155 @@ class OplogBase:
         parts.append(_APPLY_RESULT)
         return entry, b"".join(parts), params
 
-    def _prepare_batch(self, items: Iterable[BatchItem]) -> dict[str, Any] | None:
-        aggregates: list[str] = []
-        blobs: list[bytes] = []
-        meta_ord: list[int] = []
-        meta_keys: list[str] = []
-        meta_values: list[str | None] = []
-        encrypt = self.wrapper.encrypt
+    def _batch(self, items: Iterable[BatchItem]) -> _Batch | None:
+        """Checks a batch's items (None for an empty batch); see :class:`_Batch`."""
+        batch = _Batch(self, items)
+        return batch if batch.size else None
+
+
+class _Batch:
+    """A batch of entries to write: checked whole up front (item shape, operations present,
+    aggregate and metadata), then encoded and encrypted chunk by chunk as it is sent.
+
+    A batch smaller than ``_CHUNKED_FROM`` is one statement (`statements` yields one), fully
+    prepared before it is sent. A larger one is several: the first redeems the tickets of the
+    whole batch, the others are gated on it; the caller sends them in one pipeline and one
+    transaction or savepoint, since an item may still fail to encode after the first is sent.
+    Prepared chunks are kept, so a second run (after creating missing tickets) reuses them.
+    """
+
+    def __init__(self, log: OplogBase, items: Iterable[BatchItem]) -> None:
+        self.log = log
+        self.aggregates: list[str] = []
+        self.operations: list[list[Operation]] = []
+        # Per item, its metadata rows; batches often repeat one mapping, normalized once.
+        self.metadata: list[tuple[list[str], list[str | None]]] = []
         tickets: set[str] = set()
-        # Batches often repeat one metadata mapping; normalize each distinct object once.
-        last_metadata: object = None
-        keys: list[str] = []
-        values: list[str | None] = []
-        for index, item in enumerate(items, start=1):
+        last: object = None
+        rows: tuple[list[str], list[str | None]] = ([], [])
+        for index, item in enumerate(items):
             try:
                 aggregate_name, operations, metadata = item
             except (TypeError, ValueError):
                 raise InvalidParameterError(
-                    f"item {index - 1}: expected (aggregate_name, operations, metadata)"
+                    f"item {index}: expected (aggregate_name, operations, metadata)"
                 ) from None
-            tickets.add(self.ticket_name(aggregate_name))
+            tickets.add(log.ticket_name(aggregate_name))
             ops = list(operations)
             if not ops:
-                raise InvalidParameterError(f"item {index - 1}: an entry needs an operation")
-            aggregates.append(aggregate_name)
-            blobs.append(encrypt(_core.encode_operations(ops, self.version)))
-            if metadata is not last_metadata or index == 1:
-                keys, values = metadata_rows(normalize_metadata(metadata))
-                last_metadata = metadata
-            meta_ord += [index] * len(keys)
-            meta_keys += keys
-            meta_values += values
-        if not aggregates:
-            return None
-        names = sorted(tickets)
-        return {
-            "tickets": names,
-            "ticket_count": len(names),
-            "version": self.version,
-            "key_id": self.wrapper.key_id,
-            "aggregates": pgarray.TextArray.of(aggregates),
+                raise InvalidParameterError(f"item {index}: an entry needs an operation")
+            if metadata is not last or index == 0:
+                rows = metadata_rows(normalize_metadata(metadata))
+                last = metadata
+            self.aggregates.append(aggregate_name)
+            self.operations.append(ops)
+            self.metadata.append(rows)
+        self.size = len(self.aggregates)
+        self.tickets = sorted(tickets)
+        self.chunked = self.size >= _CHUNKED_FROM
+        self.token = secrets.token_hex(8)
+        self._prepared: list[tuple[str, dict[str, Any]]] = []
+        if not self.chunked and self.size:
+            # Every item encodes before anything is sent.
+            self._prepared.append((WRITE_MANY, self._params(0, self.size)))
+
+    def bounds(self) -> Iterator[tuple[int, int]]:
+        """The chunks' [start, end) item ranges."""
+        if not self.chunked:
+            yield 0, self.size
+            return
+        start, size = 0, _FIRST_CHUNK
+        while start < self.size:
+            end = min(start + size, self.size)
+            # A short tail joins the chunk before it.
+            if self.size - end < _FIRST_CHUNK:
+                end = self.size
+            yield start, end
+            start, size = end, size * _CHUNK_GROWTH
+
+    def statements(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(query, params) per chunk, in order, prepared as they are asked for."""
+        for index, (start, end) in enumerate(self.bounds()):
+            if index == len(self._prepared):
+                query = _WRITE_MANY_FIRST if index == 0 else _WRITE_MANY_NEXT
+                self._prepared.append((query, self._params(start, end)))
+            yield self._prepared[index]
+
+    def _params(self, start: int, end: int) -> dict[str, Any]:
+        encrypt = self.log.wrapper.encrypt
+        version = self.log.version
+        encode = _core.encode_operations
+        blobs = [encrypt(encode(ops, version)) for ops in self.operations[start:end]]
+        meta_ord: list[int] = []
+        meta_keys: list[str] = []
+        meta_values: list[str | None] = []
+        for ord_, (keys, values) in enumerate(self.metadata[start:end], start=1):
+            if keys:
+                meta_ord += [ord_] * len(keys)
+                meta_keys += keys
+                meta_values += values
+        params: dict[str, Any] = {
+            "version": version,
+            "key_id": self.log.wrapper.key_id,
+            "aggregates": pgarray.TextArray.of(self.aggregates[start:end]),
             "datas": pgarray.ByteaArray.of(blobs),
             "meta_ord": pgarray.Int8Array.of(meta_ord),
             "keys": pgarray.TextArray.of(meta_keys),
             "values": pgarray.TextArray.of(meta_values),
         }
+        if start == 0:
+            params["tickets"] = self.tickets
+            params["ticket_count"] = len(self.tickets)
+        if self.chunked:
+            params["token"] = self.token
+        return params
+
+    def check_ids(self, ids: list[int]) -> list[int] | None:
+        """The batch's ids if it was written, None if its tickets were missing (nothing was)."""
+        if not ids:
+            return None
+        if len(ids) != self.size:
+            raise OplogError(f"a batch of {self.size} entries wrote {len(ids)}; it was rolled back")
+        return ids
+
+
+def batch_block(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> _Block:
+    """How a chunked batch is made atomic on `conn`: its own transaction in autocommit mode,
+    else a savepoint in the caller's transaction (which stays usable if the batch fails)."""
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return _Block(b"begin", b"commit", (b"rollback",))
+    return _Block(
+        b"savepoint oplog_write_many",
+        b"release savepoint oplog_write_many",
+        (b"rollback to savepoint oplog_write_many", b"release savepoint oplog_write_many"),
+    )
+
+
+class _Block(NamedTuple):
+    begin: bytes
+    end: bytes
+    undo: tuple[bytes, ...]
+
+
+def _send_batch(conn: psycopg.Connection[Any], batch: _Batch) -> list[int] | None:
+    """Sends the batch's statements; its ids, or None when its tickets were missing."""
+    if not batch.chunked:
+        ((query, params),) = batch.statements()
+        return batch.check_ids([int(row[0]) for row in conn.execute(query, params).fetchall()])
+    block = batch_block(conn)
+    try:
+        with conn.pipeline():
+            conn.execute(block.begin)
+            cursors = [conn.execute(query, params) for query, params in batch.statements()]
+            written = batch.check_ids([int(row[0]) for c in cursors for row in c.fetchall()])
+            conn.execute(block.end)
+        return written
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                for statement in block.undo:
+                    conn.execute(statement)
+        raise
 
 
 class Oplog(OplogBase):
@@ -383,6 +512,12 @@ class Oplog(OplogBase):
         Every aggregate's ticket is locked once, in name order (so two batches cannot deadlock
         each other), and redeemed once for the whole batch. Entries get ids in input order.
 
+        A batch of 256 entries or more is sent as a few statements in one pipeline (still one
+        round trip), so that encryption overlaps the server's inserts; they run in a savepoint
+        of the caller's transaction (in autocommit mode, in a transaction of their own), and if
+        the batch fails part-way nothing of it remains and the caller's transaction goes on.
+        Smaller batches are checked and encrypted whole before anything is sent.
+
         Args:
             conn: The connection whose transaction the entries join.
             items: ``(aggregate_name, operations, metadata)`` per entry; metadata may be None.
@@ -391,24 +526,24 @@ class Oplog(OplogBase):
             The entry ids, in input order.
 
         Raises:
-            InvalidParameterError: An item is invalid; nothing is written.
+            InvalidParameterError: An item is invalid; nothing of the batch is written.
             TicketConflictError: A ticket was redeemed by a concurrent transaction this one
                 cannot serialize with; roll back (nothing of the batch remains).
         """
-        params = self._prepare_batch(items)
-        if params is None:
+        batch = self._batch(items)
+        if batch is None:
             return []
         pgarray.register(conn)
         for first in (True, False):
             with conflicts_as_ticket_errors("write a batch of entries"):
-                rows = conn.execute(WRITE_MANY, params).fetchall()
-            if rows:
-                return [int(row[0]) for row in rows]
+                ids = _send_batch(conn, batch)
+            if ids is not None:
+                return ids
             if first:
                 with conflicts_as_ticket_errors("init the batch's tickets"):
-                    for name in params["tickets"]:
+                    for name in batch.tickets:
                         conn.execute(INIT_TICKET, (name,))
-        raise _invisible_ticket(", ".join(params["tickets"]))
+        raise _invisible_ticket(", ".join(batch.tickets))
 
     def read(
         self,
