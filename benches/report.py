@@ -1,6 +1,7 @@
 """Renders a pytest-benchmark JSON file as a markdown table: medians, throughput (when a
-benchmark records ``extra_info["entries"]``), and speed relative to each group's baseline (the
-benchmark whose name contains ``reference``, ``bare`` or ``baseline``; above 1x is faster).
+benchmark records ``extra_info["entries"]``), speed relative to each group's baseline (the
+benchmark whose name contains ``reference``, ``bare`` or ``baseline``; above 1x is faster),
+and retries after conflicts (``extra_info["retries"]``, in the last round).
 
     python benches/report.py .benchmarks/latest.json > benches/RESULTS.md
 """
@@ -32,8 +33,8 @@ def render(report: dict[str, Any]) -> str:
         f"{machine.get('cpu', {}).get('count', '?')} cores, Python {machine.get('python_version')}"
         f"; {report.get('datetime', '')[:19]}",
         "",
-        "| group | benchmark | median | IQR | rounds | entries/s | vs baseline |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| group | benchmark | median | IQR | rounds | entries/s | vs baseline | retries |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for group, benches in sorted(groups.items()):
         baseline = next((b for b in benches if _is_baseline(b["name"])), None)
@@ -46,9 +47,10 @@ def render(report: dict[str, Any]) -> str:
                 ratio = "baseline"
             entries = bench.get("extra_info", {}).get("entries")
             rate = f"{entries / stats['median']:,.0f}" if entries else ""
+            retries = bench.get("extra_info", {}).get("retries", "")
             lines.append(
                 f"| {group} | {bench['name']} | {stats['median'] * 1e3:.2f} ms | "
-                f"{stats['iqr'] * 1e3:.2f} ms | {stats['rounds']} | {rate} | {ratio} |"
+                f"{stats['iqr'] * 1e3:.2f} ms | {stats['rounds']} | {rate} | {ratio} | {retries} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -34,6 +34,21 @@ def warm(dsn: str) -> int:
     return os.getpid()
 
 
+# The contention benchmark's baseline: what Oplog.apply does for one user, written by hand.
+_BARE_UNIT = b"""
+with t as (
+  update oplog_ticket set version = version + 1, update_time = current_timestamp
+  where name = %s returning id
+), d as (
+  insert into users (id, name) select %s, %s from t
+), e as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select 'v2', %s, %b, %s from t returning id
+)
+select id from e
+"""
+
+
 def write_many(
     dsn: str,
     worker: int,
@@ -49,8 +64,9 @@ def write_many(
     "ticket-first" reads the ticket first, as the Go original does, writes the data, then the
     entry with that ticket, so a concurrent writer makes the redeem conflict (optimistic mode).
     "apply" performs the data change and writes the entry in one autocommit statement
-    (Oplog.apply; the writer sets the user's id). `reuse` writes on this process's
-    long-lived connection instead of a new one.
+    (Oplog.apply; the writer sets the user's id); "bare" runs a hand-written statement doing the
+    same (ticket, user row, entry with an encrypted blob made once) as a baseline. `reuse`
+    writes on this process's long-lived connection instead of a new one.
     """
     log = oplog.Oplog(WRAPPER, CATALOG, lock=lock)  # type: ignore[arg-type]
     rng = random.Random(worker)
@@ -62,7 +78,7 @@ def write_many(
 
     conn = connection(dsn) if reuse else psycopg.connect(dsn)
     ids: list[int] = []
-    if style == "apply":
+    if style in ("apply", "bare"):
         # Ids no other writer uses, reserved in one query from the table's own sequence.
         ids = [
             int(row[0])
@@ -72,10 +88,20 @@ def write_many(
             ).fetchall()
         ]
         conn.commit()
+    blob = b""
+    if style == "bare":
+        queue = oplog.Queue()
+        queue.add(TestUser(id=ids[0], name=f"w{worker}-0"), "user", oplog.OpType.CREATE)
+        blob = WRAPPER.encrypt(bytes(queue))
     try:
         for i in range(writes):
             name = f"w{worker}-{i}"
             aggregate = rng.choice(aggregates)
+            if style == "bare":
+                conn.autocommit = True
+                params = (aggregate, ids[i], name, aggregate, blob, WRAPPER.key_id)
+                conn.execute(_BARE_UNIT, params)
+                continue
             if style == "apply":
                 conn.autocommit = True
                 user = TestUser(id=ids[i], name=name)
