@@ -174,6 +174,21 @@ def test_a_large_batch_redeems_only_its_own_tickets(
     assert len(d.read()) == 1300
 
 
+@pytest.mark.parametrize("autocommit", [False, True], ids=["in-transaction", "autocommit"])
+def test_a_large_batch_inside_the_callers_pipeline(connect: Connect, autocommit: bool) -> None:
+    """write_many of a chunked batch inside a pipeline the caller opened, between two of the
+    caller's statements, writes the batch once."""
+    c = connect(autocommit=autocommit)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    with c.pipeline():
+        c.execute("select 1")
+        ids = log.write_many(c, _items(600, ["a", "b"]))
+        c.execute("select 2")
+    c.commit()
+    assert ids == list(range(1, 601))
+    assert count(c, "oplog_entry") == 600
+
+
 def test_a_conflict_on_one_aggregate_rolls_back_the_whole_batch(
     make_driver: MakeDriver, connect: Connect
 ) -> None:

@@ -378,7 +378,12 @@ class _Batch:
 def batch_block(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> _Block:
     """How a chunked batch is made atomic on `conn`: its own transaction in autocommit mode,
     else a savepoint in the caller's transaction (which stays usable if the batch fails)."""
-    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+    status = conn.info.transaction_status
+    in_block = status in (
+        psycopg.pq.TransactionStatus.INTRANS,
+        psycopg.pq.TransactionStatus.INERROR,
+    )
+    if conn.autocommit and not in_block:
         return _Block(b"begin", b"commit", (b"rollback",))
     return _Block(
         b"savepoint oplog_write_many",
