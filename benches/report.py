@@ -1,7 +1,9 @@
 """Renders a pytest-benchmark JSON file as a markdown table: medians, throughput (when a
 benchmark records ``extra_info["entries"]``), speed relative to each group's baseline (the
 benchmark whose name contains ``reference``, ``bare`` or ``baseline``; above 1x is faster),
-and retries after conflicts (``extra_info["retries"]``, in the last round).
+and retries after conflicts (``extra_info["retries"]``, in the last round). A benchmark that
+alternates a candidate with its baseline call by call shows their ratio of medians instead
+(``extra_info["paired_ratio"]``, "paired").
 
     python benches/report.py .benchmarks/latest.json > benches/RESULTS.md
 """
@@ -41,7 +43,10 @@ def render(report: dict[str, Any]) -> str:
         for bench in sorted(benches, key=lambda b: b["stats"]["median"]):
             stats = bench["stats"]
             ratio = ""
-            if baseline is not None and bench is not baseline:
+            paired = bench.get("extra_info", {}).get("paired_ratio")
+            if paired is not None:
+                ratio = f"{paired:.2f}x paired"
+            elif baseline is not None and bench is not baseline:
                 ratio = f"{baseline['stats']['median'] / stats['median']:.2f}x"
             elif bench is baseline:
                 ratio = "baseline"

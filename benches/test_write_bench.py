@@ -9,7 +9,10 @@ with a pre-encrypted blob); `make bench` reports medians and ratios. Throughput 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -109,6 +112,35 @@ CIPHERS = {
 }
 
 
+def _alternating(
+    benchmark: BenchmarkFixture,
+    candidate: Callable[[], object],
+    baseline: Callable[[], object],
+    pairs: int,
+) -> None:
+    """Times `candidate` and `baseline` call by call, alternating (in a random order within each
+    pair), and records median(baseline) / median(candidate) as ``extra_info["paired_ratio"]``:
+    load that comes and goes on a shared machine then falls on both alike, where the separate
+    benchmarks of a group run minutes apart."""
+    rng = random.Random(0)
+    times: dict[str, list[float]] = {"candidate": [], "baseline": []}
+
+    def run() -> None:
+        for _ in range(pairs):
+            order = [("candidate", candidate), ("baseline", baseline)]
+            rng.shuffle(order)
+            for name, call in order:
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+
+    rounds = 5 if not benchmark.disabled else 1
+    benchmark.pedantic(run, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+    ratio = statistics.median(times["baseline"]) / statistics.median(times["candidate"])
+    benchmark.extra_info["paired_ratio"] = round(ratio, 3)
+    benchmark.extra_info["pairs"] = len(times["candidate"])
+
+
 # --- 1. one entry per transaction ---------------------------------------------------------------
 
 
@@ -125,6 +157,23 @@ def test_single_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any])
     benchmark.extra_info["entries"] = 1
     params = ("users", "users", _blob(1), WRAPPER.key_id, ["source", "host"], ["bench", "bench-1"])
     benchmark(conn.execute, _BARE_ONE, params)
+
+
+def test_single_oplog_alternating(
+    benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]
+) -> None:
+    """Oplog.write and the bare statement, alternating call by call (see _alternating)."""
+    benchmark.group = "1. one entry per transaction"
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    op = _op(1)
+    params = ("users", "users", _blob(1), WRAPPER.key_id, ["source", "host"], ["bench", "bench-1"])
+    pairs = 400 if not benchmark.disabled else 2
+    _alternating(
+        benchmark,
+        lambda: log.write(conn, "users", [op], METADATA),
+        lambda: conn.execute(_BARE_ONE, params),
+        pairs,
+    )
 
 
 def test_single_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
@@ -152,6 +201,24 @@ def test_batch_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) 
     keys = ["source", "host"] * 1
     params = ("users", "users", WRAPPER.key_id, blobs, keys, ["bench", "bench-1"])
     benchmark(conn.execute, _BARE_MANY, params)
+
+
+def test_batch_oplog_alternating(
+    benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]
+) -> None:
+    """Oplog.write_many and the bare batch statement, alternating (see _alternating)."""
+    benchmark.group = "2. batch of 1000 entries"
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
+    blobs = [_blob(i) for i in range(BATCH)]
+    params = ("users", "users", WRAPPER.key_id, blobs, ["source", "host"], ["bench", "bench-1"])
+    pairs = 8 if not benchmark.disabled else 1
+    _alternating(
+        benchmark,
+        lambda: log.write_many(conn, items),
+        lambda: conn.execute(_BARE_MANY, params),
+        pairs,
+    )
 
 
 @pytest.mark.parametrize("cipher", sorted(CIPHERS))
