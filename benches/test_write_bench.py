@@ -221,6 +221,25 @@ def test_batch_oplog_alternating(
     )
 
 
+def test_batch_oplog_alternating_eventsourcing(
+    benchmark: BenchmarkFixture, conn: psycopg.Connection[Any], bench_dsn: str
+) -> None:
+    """Oplog.write_many and eventsourcing (its default pycryptodome cipher) saving 1000 events,
+    alternating (see _alternating): the ratio is how many times faster oplog is."""
+    benchmark.group = "2. batch of 1000 entries"
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
+    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
+
+    def save() -> None:
+        app.save(
+            *(user_cls(f"user {i:06d}", f"u{i}@example.com", "555-0100") for i in range(BATCH))
+        )
+
+    pairs = 4 if not benchmark.disabled else 1
+    _alternating(benchmark, lambda: log.write_many(conn, items), save, pairs)
+
+
 @pytest.mark.parametrize("cipher", sorted(CIPHERS))
 def test_batch_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str, cipher: str) -> None:
     benchmark.group = "2. batch of 1000 entries"
