@@ -176,6 +176,24 @@ def test_single_oplog_alternating(
     )
 
 
+def test_single_oplog_alternating_eventsourcing(
+    benchmark: BenchmarkFixture, conn: psycopg.Connection[Any], bench_dsn: str
+) -> None:
+    """Oplog.write and eventsourcing saving one event (its default cipher), alternating (see
+    _alternating): the ratio is how many times faster oplog is."""
+    benchmark.group = "1. one entry per transaction"
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    op = _op(1)
+    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
+    pairs = 100 if not benchmark.disabled else 1
+    _alternating(
+        benchmark,
+        lambda: log.write(conn, "users", [op], METADATA),
+        lambda: app.save(user_cls("user 000001", "user000001@example.com", "555-0100")),
+        pairs,
+    )
+
+
 def test_single_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
     benchmark.group = "1. one entry per transaction"
     benchmark.extra_info["entries"] = 1
