@@ -86,6 +86,8 @@ def test_a_stale_ticket_inserts_no_entry(conn: psycopg.Connection[Any]) -> None:
         ({"aggregate_name": "users", "metadata": {"": ["x"]}}, "metadata keys"),
         ({"aggregate_name": "users", "metadata": {"k": [1]}}, "non-str value"),
         ({"aggregate_name": "users", "version": "v3"}, "v3"),
+        ({"aggregate_name": "users", "metadata": {"k": "a\x00b"}}, "NUL"),
+        ({"aggregate_name": "users\x00"}, "NUL"),
     ],
 )
 def test_invalid_entries_are_rejected(kwargs: dict[str, Any], match: str) -> None:

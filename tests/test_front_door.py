@@ -106,6 +106,9 @@ _CREATE = oplog.Operation(TestUser(), "user", oplog.OpType.CREATE)
         ([("a",)], "expected"),
         ([("a", [oplog.Operation(TestUser(), "user", oplog.OpType.UPDATE)], None)], "UPDATE"),
         ([("a", [_CREATE], {"": ["x"]})], "metadata"),
+        ([("a", [_CREATE], {"k": ["x\x00y"]})], "NUL"),
+        ([("a", [_CREATE], {"k\x00": []})], "NUL"),
+        ([("a\x00b", [_CREATE], None)], "NUL"),
     ],
 )
 def test_invalid_items_write_nothing(

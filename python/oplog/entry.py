@@ -11,7 +11,7 @@ from oplog.errors import InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Queue, Version
 from oplog.replay import Replayer
-from oplog.ticket import Ticket, Ticketer, conflicts_as_ticket_errors
+from oplog.ticket import Ticket, Ticketer, check_aggregate_name, conflicts_as_ticket_errors
 from oplog.wrapping import Wrapper
 from oplog.writer import Writer
 
@@ -57,7 +57,8 @@ def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Me
     """Validates metadata and returns it as ``{key: [values]}`` (a str value is one value).
 
     Raises:
-        InvalidParameterError: A key is not a non-empty str, or a value is not a str.
+        InvalidParameterError: A key is not a non-empty str, a value is not a str, or either
+            holds a NUL character (which PostgreSQL text cannot).
     """
     out: Metadata = {}
     for key, values in (metadata or {}).items():
@@ -67,6 +68,10 @@ def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Me
         for value in items:
             if not isinstance(value, str):
                 raise InvalidParameterError(f"metadata {key!r} has a non-str value {value!r}")
+        if "\x00" in key or any("\x00" in value for value in items):
+            raise InvalidParameterError(
+                f"metadata {key!r} contains a NUL character, which PostgreSQL text cannot hold"
+            )
         out[key] = items
     return out
 
@@ -136,10 +141,7 @@ class Entry:
         ticketer: Ticketer | None = None,
         version: Version = "v2",
     ) -> None:
-        if not isinstance(aggregate_name, str) or not aggregate_name:
-            raise InvalidParameterError(
-                f"aggregate name must be a non-empty str, not {aggregate_name!r}"
-            )
+        check_aggregate_name(aggregate_name)
         if version not in ("v1", "v2"):
             raise InvalidParameterError(f"unknown entry version {version!r}: use 'v1' or 'v2'")
         self.aggregate_name = aggregate_name

@@ -37,16 +37,27 @@ INIT_TICKET = (
 """Creates a ticket at version 1 unless it exists."""
 
 
-def ticket_name(aggregate_name: str, aggregate_names: bool) -> str:
-    """The ticket an aggregate uses: its own name, or ``"global"`` without aggregate names.
-
-    Raises:
-        InvalidParameterError: `aggregate_name` is not a non-empty str.
-    """
+def check_aggregate_name(aggregate_name: str) -> None:
+    """Raises InvalidParameterError unless `aggregate_name` is a non-empty str without a NUL
+    character (which PostgreSQL text cannot hold)."""
     if not isinstance(aggregate_name, str) or not aggregate_name:
         raise InvalidParameterError(
             f"aggregate name must be a non-empty str, not {aggregate_name!r}"
         )
+    if "\x00" in aggregate_name:
+        raise InvalidParameterError(
+            f"aggregate name {aggregate_name!r} contains a NUL character, which PostgreSQL"
+            " text cannot hold"
+        )
+
+
+def ticket_name(aggregate_name: str, aggregate_names: bool) -> str:
+    """The ticket an aggregate uses: its own name, or ``"global"`` without aggregate names.
+
+    Raises:
+        InvalidParameterError: An invalid aggregate name (see :func:`check_aggregate_name`).
+    """
+    check_aggregate_name(aggregate_name)
     return aggregate_name if aggregate_names else GLOBAL_TICKET
 
 
