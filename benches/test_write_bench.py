@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
+from oplog.log import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import workers
 from tests.db import CATALOG, WRAPPER
@@ -112,6 +113,41 @@ CIPHERS = {
 }
 
 
+def _es_save_one(dsn: str, cipher: str) -> Callable[[], None]:
+    """A call saving one eventsourcing User (the peer of one TestUser CREATE)."""
+    app, user_cls = _eventsourcing(dsn, CIPHERS[cipher])
+
+    def save() -> None:
+        app.save(user_cls("user 000001", "user000001@example.com", "555-0100"))
+
+    return save
+
+
+def _es_save_batch(dsn: str, cipher: str) -> Callable[[], None]:
+    """A call saving BATCH eventsourcing Users in one save."""
+    app, user_cls = _eventsourcing(dsn, CIPHERS[cipher])
+
+    def save() -> None:
+        app.save(
+            *(user_cls(f"user {i:06d}", f"u{i}@example.com", "555-0100") for i in range(BATCH))
+        )
+
+    return save
+
+
+def _batch_items() -> list[BatchItem]:
+    return [("users", [_op(i)], METADATA) for i in range(BATCH)]
+
+
+def _single_bare_params() -> tuple[Any, ...]:
+    return ("users", "users", _blob(1), WRAPPER.key_id, ["source", "host"], ["bench", "bench-1"])
+
+
+def _batch_bare_params() -> tuple[Any, ...]:
+    blobs = [_blob(i) for i in range(BATCH)]
+    return ("users", "users", WRAPPER.key_id, blobs, ["source", "host"], ["bench", "bench-1"])
+
+
 def _alternating(
     benchmark: BenchmarkFixture,
     candidate: Callable[[], object],
@@ -155,8 +191,7 @@ def test_single_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]
 def test_single_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
     benchmark.group = "1. one entry per transaction"
     benchmark.extra_info["entries"] = 1
-    params = ("users", "users", _blob(1), WRAPPER.key_id, ["source", "host"], ["bench", "bench-1"])
-    benchmark(conn.execute, _BARE_ONE, params)
+    benchmark(conn.execute, _BARE_ONE, _single_bare_params())
 
 
 def test_single_oplog_alternating(
@@ -166,7 +201,7 @@ def test_single_oplog_alternating(
     benchmark.group = "1. one entry per transaction"
     log = oplog.Oplog(WRAPPER, CATALOG)
     op = _op(1)
-    params = ("users", "users", _blob(1), WRAPPER.key_id, ["source", "host"], ["bench", "bench-1"])
+    params = _single_bare_params()
     pairs = 400 if not benchmark.disabled else 2
     _alternating(
         benchmark,
@@ -184,21 +219,15 @@ def test_single_oplog_alternating_eventsourcing(
     benchmark.group = "1. one entry per transaction"
     log = oplog.Oplog(WRAPPER, CATALOG)
     op = _op(1)
-    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
+    save = _es_save_one(bench_dsn, "pycryptodome")
     pairs = 100 if not benchmark.disabled else 1
-    _alternating(
-        benchmark,
-        lambda: log.write(conn, "users", [op], METADATA),
-        lambda: app.save(user_cls("user 000001", "user000001@example.com", "555-0100")),
-        pairs,
-    )
+    _alternating(benchmark, lambda: log.write(conn, "users", [op], METADATA), save, pairs)
 
 
 def test_single_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
     benchmark.group = "1. one entry per transaction"
     benchmark.extra_info["entries"] = 1
-    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
-    benchmark(lambda: app.save(user_cls("user 000001", "user000001@example.com", "555-0100")))
+    benchmark(_es_save_one(bench_dsn, "pycryptodome"))
 
 
 # --- 2. batches of 1000 -------------------------------------------------------------------------
@@ -208,17 +237,13 @@ def test_batch_oplog(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any])
     benchmark.group = "2. batch of 1000 entries"
     benchmark.extra_info["entries"] = BATCH
     log = oplog.Oplog(WRAPPER, CATALOG)
-    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
-    benchmark(log.write_many, conn, items)
+    benchmark(log.write_many, conn, _batch_items())
 
 
 def test_batch_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) -> None:
     benchmark.group = "2. batch of 1000 entries"
     benchmark.extra_info["entries"] = BATCH
-    blobs = [_blob(i) for i in range(BATCH)]
-    keys = ["source", "host"] * 1
-    params = ("users", "users", WRAPPER.key_id, blobs, keys, ["bench", "bench-1"])
-    benchmark(conn.execute, _BARE_MANY, params)
+    benchmark(conn.execute, _BARE_MANY, _batch_bare_params())
 
 
 def test_batch_oplog_alternating(
@@ -227,9 +252,8 @@ def test_batch_oplog_alternating(
     """Oplog.write_many and the bare batch statement, alternating (see _alternating)."""
     benchmark.group = "2. batch of 1000 entries"
     log = oplog.Oplog(WRAPPER, CATALOG)
-    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
-    blobs = [_blob(i) for i in range(BATCH)]
-    params = ("users", "users", WRAPPER.key_id, blobs, ["source", "host"], ["bench", "bench-1"])
+    items = _batch_items()
+    params = _batch_bare_params()
     pairs = 8 if not benchmark.disabled else 1
     _alternating(
         benchmark,
@@ -246,14 +270,8 @@ def test_batch_oplog_alternating_eventsourcing(
     alternating (see _alternating): the ratio is how many times faster oplog is."""
     benchmark.group = "2. batch of 1000 entries"
     log = oplog.Oplog(WRAPPER, CATALOG)
-    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
-    app, user_cls = _eventsourcing(bench_dsn, CIPHERS["pycryptodome"])
-
-    def save() -> None:
-        app.save(
-            *(user_cls(f"user {i:06d}", f"u{i}@example.com", "555-0100") for i in range(BATCH))
-        )
-
+    items = _batch_items()
+    save = _es_save_batch(bench_dsn, "pycryptodome")
     pairs = 4 if not benchmark.disabled else 1
     _alternating(benchmark, lambda: log.write_many(conn, items), save, pairs)
 
@@ -262,14 +280,7 @@ def test_batch_oplog_alternating_eventsourcing(
 def test_batch_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str, cipher: str) -> None:
     benchmark.group = "2. batch of 1000 entries"
     benchmark.extra_info["entries"] = BATCH
-    app, user_cls = _eventsourcing(bench_dsn, CIPHERS[cipher])
-
-    def save() -> None:
-        app.save(
-            *(user_cls(f"user {i:06d}", f"u{i}@example.com", "555-0100") for i in range(BATCH))
-        )
-
-    benchmark(save)
+    benchmark(_es_save_batch(bench_dsn, cipher))
 
 
 @pytest.mark.parametrize("schema", [1, 2], ids=["schema1_baseline", "schema2"])
@@ -282,8 +293,7 @@ def test_batch_migration_cost(
     benchmark.extra_info["entries"] = BATCH
     oplog.migrate_down(conn, target=schema)
     log = oplog.Oplog(WRAPPER, CATALOG)
-    items = [("users", [_op(i)], METADATA) for i in range(BATCH)]
-    benchmark(log.write_many, conn, items)
+    benchmark(log.write_many, conn, _batch_items())
 
 
 def _fill(conn: psycopg.Connection[Any], log: oplog.Oplog, entries: int) -> None:

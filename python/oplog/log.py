@@ -309,7 +309,7 @@ class _Batch:
         self.size = len(self.aggregates)
         self.tickets = sorted(tickets)
         self.chunked = self.size >= _CHUNKED_FROM
-        self.token = secrets.token_hex(8)
+        self.token = secrets.token_hex(8) if self.chunked else ""
         self._prepared: list[tuple[str, dict[str, Any]]] = []
         if not self.chunked and self.size:
             # Every item encodes before anything is sent.
