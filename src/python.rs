@@ -74,6 +74,25 @@ fn serialize<'py>(obj: &'py PyAny, index: usize, what: &str) -> PyResult<&'py [u
     Ok(bytes.as_bytes())
 }
 
+/// Refuses operation options that are not an `oplog.OperationOptions` (any other message would
+/// serialize, and be misread as options later).
+fn check_options_class(options: &PyAny, index: usize) -> PyResult<()> {
+    let py = options.py();
+    let class = py
+        .import(intern!(py, "oplog.operation"))?
+        .getattr(intern!(py, "OperationOptions"))?;
+    if options.get_type().is(class) {
+        return Ok(());
+    }
+    Err(invalid(
+        index,
+        format!(
+            "options must be an oplog.OperationOptions, not {}",
+            type_name_of(options)
+        ),
+    ))
+}
+
 /// UTF-8 views of the str objects of one encode call. Type names and paths repeat across a
 /// batch (usually the very same interned objects), and under the abi3 API each conversion
 /// allocates, so each distinct object is converted once.
@@ -85,12 +104,18 @@ struct Utf8Cache<'py> {
 impl<'py> Utf8Cache<'py> {
     const CAPACITY: usize = 64;
 
-    fn get(&mut self, s: &'py PyString) -> PyResult<&'py str> {
+    /// `s` as UTF-8; a str that has none (a lone surrogate) is an invalid `what` of item `index`.
+    fn get(&mut self, s: &'py PyString, index: usize, what: &str) -> PyResult<&'py str> {
         let key = s.as_ptr() as usize;
         if let Some((_, utf8)) = self.seen.iter().find(|(k, _)| *k == key) {
             return Ok(utf8);
         }
-        let utf8 = s.to_str()?;
+        let utf8 = s.to_str().map_err(|_| {
+            invalid(
+                index,
+                format!("{what} is not valid UTF-8 (a lone surrogate?)"),
+            )
+        })?;
         if self.seen.len() < Self::CAPACITY {
             // The object is kept alive by the batch for the whole call, so its address is not
             // reused while the cache exists.
@@ -109,7 +134,7 @@ fn paths<'py>(
     let not_paths = || invalid(index, format!("{what} must be a sequence of str"));
     let mut out = Vec::new();
     let mut push = |item: &'py PyAny| -> PyResult<()> {
-        out.push(cache.get(item.downcast().map_err(|_| not_paths())?)?);
+        out.push(cache.get(item.downcast().map_err(|_| not_paths())?, index, what)?);
         Ok(())
     };
     if let Ok(tuple) = obj.downcast::<PyTuple>() {
@@ -143,12 +168,16 @@ fn envelope_of<'py>(
         })?;
     let value = serialize(fields.get_item(0)?, index, "message")?;
     let name = fields.get_item(1)?;
-    let type_name = cache.get(name.downcast::<PyString>().map_err(|_| {
-        invalid(
-            index,
-            format!("type name must be str, not {}", type_name_of(name)),
-        )
-    })?)?;
+    let type_name = cache.get(
+        name.downcast::<PyString>().map_err(|_| {
+            invalid(
+                index,
+                format!("type name must be str, not {}", type_name_of(name)),
+            )
+        })?,
+        index,
+        "type name",
+    )?;
     let op_type = fields
         .get_item(2)?
         .extract::<u64>()
@@ -163,6 +192,7 @@ fn envelope_of<'py>(
         options: if options.is_none() {
             None
         } else {
+            check_options_class(options, index)?;
             Some(serialize(options, index, "options")?.into())
         },
     })
@@ -359,7 +389,7 @@ fn pack_array(py: Python<'_>, items: &PyAny, bytea: bool) -> PyResult<Py<PyBytes
         elements.push(if item.is_none() {
             None
         } else if let Ok(s) = item.downcast::<PyString>() {
-            Some(cache.get(s)?.as_bytes())
+            Some(cache.get(s, index, "array element")?.as_bytes())
         } else if let Ok(b) = item.downcast::<PyBytes>() {
             Some(b.as_bytes())
         } else {

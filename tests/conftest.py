@@ -110,8 +110,8 @@ def make_driver(
     """Opens drivers of one kind (sync or async) on the emptied module database."""
     opened: list[Driver] = []
 
-    def make(isolation: psycopg.IsolationLevel | None = None) -> Driver:
-        driver = DRIVERS[request.param](dsn, isolation)
+    def make(isolation: psycopg.IsolationLevel | None = None, **connect: Any) -> Driver:
+        driver = DRIVERS[request.param](dsn, isolation, **connect)
         opened.append(driver)
         return driver
 

@@ -41,9 +41,11 @@ class SyncDriver:
 
     kind = "sync"
 
-    def __init__(self, dsn: str, isolation: psycopg.IsolationLevel | None = None) -> None:
+    def __init__(
+        self, dsn: str, isolation: psycopg.IsolationLevel | None = None, **connect: Any
+    ) -> None:
         self.dsn = dsn
-        self.conn = psycopg.connect(dsn)
+        self.conn = psycopg.connect(dsn, **connect)
         if isolation is not None:
             self.conn.isolation_level = isolation
         self.log = oplog.Oplog(WRAPPER, CATALOG)
@@ -75,6 +77,9 @@ class SyncDriver:
             if len(out) == n:
                 break
         return out
+
+    def checkpoint(self) -> Checkpoint:
+        return self.log.checkpoint(self.conn)
 
     def execute(self, query: str) -> None:
         self.conn.execute(query.encode())
@@ -130,11 +135,15 @@ class AsyncDriver:
 
     kind = "async"
 
-    def __init__(self, dsn: str, isolation: psycopg.IsolationLevel | None = None) -> None:
+    def __init__(
+        self, dsn: str, isolation: psycopg.IsolationLevel | None = None, **connect: Any
+    ) -> None:
         self.dsn = dsn
         self.target: psycopg.AsyncConnection[Any] | None = None
         self.loop = asyncio.new_event_loop()
-        self.conn = self.loop.run_until_complete(psycopg.AsyncConnection.connect(dsn))
+        if connect.get("cursor_factory") is psycopg.ClientCursor:
+            connect["cursor_factory"] = psycopg.AsyncClientCursor
+        self.conn = self.loop.run_until_complete(psycopg.AsyncConnection.connect(dsn, **connect))
         if isolation is not None:
             self.loop.run_until_complete(self.conn.set_isolation_level(isolation))
         self.log = aio.AsyncOplog(WRAPPER, CATALOG)
@@ -188,6 +197,9 @@ class AsyncDriver:
             return out
 
         return self.loop.run_until_complete(collect())
+
+    def checkpoint(self) -> Checkpoint:
+        return self.loop.run_until_complete(self.log.checkpoint(self.conn))
 
     def execute(self, query: str) -> None:
         self.loop.run_until_complete(self.conn.execute(query.encode()))

@@ -286,3 +286,33 @@ def test_repr_names_the_version_and_size() -> None:
     q = oplog.Queue(version="v1")
     q.add(_user(), "user", oplog.OpType.CREATE)
     assert repr(q) == f"Queue(version='v1', nbytes={len(bytes(q))})"
+
+
+@pytest.mark.parametrize(
+    ("operation", "match"),
+    [
+        (oplog.Operation(TestUser(), "u\udc80", oplog.OpType.CREATE), "type name is not valid"),
+        (
+            oplog.Operation(TestUser(), "user", oplog.OpType.UPDATE, ("n\ud800",)),
+            "field_mask is not valid UTF-8",
+        ),
+        (
+            oplog.Operation(TestUser(), "user", oplog.OpType.UPDATE, ("a",), ("\udfff",)),
+            "null_paths is not valid UTF-8",
+        ),
+        (
+            oplog.Operation(TestUser(), "user", oplog.OpType.CREATE, options=TestUser()),  # type: ignore[arg-type]
+            "options must be an oplog.OperationOptions, not TestUser",
+        ),
+    ],
+    ids=["type-name", "field-mask", "null-paths", "foreign-options"],
+)
+def test_unstorable_strings_and_foreign_options_are_invalid_parameters(
+    operation: oplog.Operation, match: str
+) -> None:
+    """A lone surrogate in a type name or path, or options that are another message, raise
+    InvalidParameterError (not UnicodeEncodeError, not silently encoded)."""
+    queue = oplog.Queue()
+    with pytest.raises(oplog.InvalidParameterError, match=match):
+        queue.extend([operation])
+    assert bytes(queue) == b""

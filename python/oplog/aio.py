@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from oplog import pgarray
+from oplog._db import aexecute
 from oplog.entry import WRITE_ENTRY, Entry
 from oplog.errors import TicketConflictError
 from oplog.log import (
@@ -63,22 +64,22 @@ async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: _Batch) -> list
     """Sends the batch's statements; see ``oplog.log._send_batch``."""
     if not batch.chunked:
         ((query, params),) = batch.statements()
-        rows = await (await conn.execute(query, params)).fetchall()
+        rows = await (await aexecute(conn, query, params)).fetchall()
         return batch.check_ids([int(row[0]) for row in rows])
     block = batch_block(conn)
     try:
         async with conn.pipeline():
-            await conn.execute(block.begin)
-            cursors = [await conn.execute(query, params) for query, params in batch.statements()]
+            await aexecute(conn, block.begin)
+            cursors = [await aexecute(conn, query, params) for query, params in batch.statements()]
             ids = [int(row[0]) for c in cursors for row in await c.fetchall()]
             written = batch.check_ids(ids)
-            await conn.execute(block.end)
+            await aexecute(conn, block.end)
         return written
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 for statement in block.undo:
-                    await conn.execute(statement)
+                    await aexecute(conn, statement)
         raise
 
 
@@ -97,12 +98,12 @@ class AsyncOplog(OplogBase):
         """See ``Oplog._redeem_and_write``."""
         for first in (True, False):
             with conflicts_as_ticket_errors(f"write entry for {entry.aggregate_name!r}"):
-                row = await (await conn.execute(query, params)).fetchone()
+                row = await (await aexecute(conn, query, params)).fetchone()
             if row is not None:
                 return _written(entry, row)
             if first:
                 with conflicts_as_ticket_errors(f"init ticket {ticket!r}"):
-                    await conn.execute(INIT_TICKET, (ticket,))
+                    await aexecute(conn, INIT_TICKET, (ticket,))
         raise _invisible_ticket(entry.aggregate_name)
 
     async def write(
@@ -145,7 +146,7 @@ class AsyncOplog(OplogBase):
             if first:
                 with conflicts_as_ticket_errors("init the batch's tickets"):
                     for name in batch.tickets:
-                        await conn.execute(INIT_TICKET, (name,))
+                        await aexecute(conn, INIT_TICKET, (name,))
         raise _invisible_ticket(", ".join(batch.tickets))
 
     async def read(
@@ -158,9 +159,9 @@ class AsyncOplog(OplogBase):
         """Yields entries in id order, decrypted; see :meth:`oplog.Oplog.read`."""
         pages = _Pages(aggregate_name, after_id, limit)
         while (params := pages.next_query()) is not None:
-            rows = await (await conn.execute(READ_PAGE, params)).fetchall()
+            rows = await (await aexecute(conn, READ_PAGE, params)).fetchall()
             ids = [row[0] for row in rows]
-            metadata = await (await conn.execute(READ_METADATA, (ids,))).fetchall() if ids else []
+            metadata = await (await aexecute(conn, READ_METADATA, (ids,))).fetchall() if ids else []
             for entry in pages.entries(rows, metadata, self.wrapper):
                 yield entry
 
@@ -186,6 +187,12 @@ class AsyncOplog(OplogBase):
         finally:
             await pages.aclose()
 
+    async def checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> Checkpoint:
+        """The current end of the log; see :meth:`oplog.Oplog.checkpoint`."""
+        row = await (await aexecute(conn, SNAPSHOT)).fetchone()
+        assert row is not None
+        return Checkpoint(row[0])
+
     async def _pages(
         self,
         conn: psycopg.AsyncConnection[Any],
@@ -200,19 +207,19 @@ class AsyncOplog(OplogBase):
         check_tail_arguments(conn, batch_size, poll_interval, channel)
         cursor = _Cursor(after, batch_size)
         if channel is not None:
-            await conn.execute(_listen(channel))
+            await aexecute(conn, _listen(channel))
             if not conn.autocommit:
                 await conn.commit()
         while stop is None or not stop.is_set():
             if cursor.needs_snapshot:
-                row = await (await conn.execute(SNAPSHOT)).fetchone()
+                row = await (await aexecute(conn, SNAPSHOT)).fetchone()
                 assert row is not None
                 cursor.begin(row[0])
             with needs_migration_2():
-                found = await conn.execute(TAIL_PAGE, cursor.params(), prepare=False)
+                found = await aexecute(conn, TAIL_PAGE, cursor.params(), prepare=False)
             rows = await found.fetchall()
             ids = [row[0] for row in rows]
-            metadata = await (await conn.execute(TAIL_METADATA, (ids,))).fetchall() if ids else []
+            metadata = await (await aexecute(conn, TAIL_METADATA, (ids,))).fetchall() if ids else []
             if not conn.autocommit:
                 await conn.commit()
             page = cursor.page(rows, metadata, self.wrapper)
@@ -278,16 +285,16 @@ class AsyncConsumer(ConsumerBase):
     ) -> Checkpoint:
         """The saved checkpoint; see :meth:`oplog.Consumer.position`."""
         with needs_migration_2():
-            row = await (await conn.execute(*self._read_statement(lock))).fetchone()
+            row = await (await aexecute(conn, *self._read_statement(lock))).fetchone()
             if row is None and lock:
-                await conn.execute(*self._create_statement())
-                row = await (await conn.execute(*self._read_statement(lock))).fetchone()
+                await aexecute(conn, *self._create_statement())
+                row = await (await aexecute(conn, *self._read_statement(lock))).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
     async def save(self, conn: psycopg.AsyncConnection[Any], checkpoint: Checkpoint | str) -> None:
         """Stores `checkpoint`, in the caller's transaction; see :meth:`oplog.Consumer.save`."""
         with needs_migration_2():
-            await conn.execute(*self._save_statement(checkpoint))
+            await aexecute(conn, *self._save_statement(checkpoint))
 
 
 async def _wait(

@@ -31,6 +31,7 @@ from psycopg import sql
 
 import oplog
 from oplog import _core, embedded, keyfile, schema
+from oplog._db import execute
 from oplog.entry import Entry, Metadata, group_metadata
 from oplog.log import READ_METADATA
 from oplog.replay import tables_equal
@@ -324,7 +325,7 @@ def cmd_ls(ctx: Context) -> int:
         params.append(ctx.args.limit)
     with ctx.connect() as conn:
         ctx.migrated(conn)
-        ids = [r[0] for r in conn.execute(query, params).fetchall()]
+        ids = [r[0] for r in execute(conn, query, params).fetchall()]
         metadata = _metadata(conn, ids)
         rows = []
         for entry, id_, error in _entries(ctx, conn, ids):
@@ -347,7 +348,7 @@ def cmd_ls(ctx: Context) -> int:
 
 
 def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Metadata]:
-    return group_metadata(conn.execute(READ_METADATA, (ids,)).fetchall())
+    return group_metadata(execute(conn, READ_METADATA, (ids,)).fetchall())
 
 
 def cmd_show(ctx: Context) -> int:
@@ -432,7 +433,7 @@ def cmd_verify(ctx: Context) -> int:
 
 
 def _count(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("select count(*) from oplog_entry").fetchone()
+    row = execute(conn, "select count(*) from oplog_entry").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -577,17 +578,18 @@ def cmd_stats(ctx: Context) -> int:
     """Entries per aggregate, sizes, key ids in use, ticket versions, consumer positions."""
     with ctx.connect() as conn:
         ctx.migrated(conn)
-        aggregates = conn.execute(
+        aggregates = execute(
+            conn,
             "select aggregate_name, count(*), sum(length(data)), min(id), max(id)"
-            " from oplog_entry group by 1 order by 1"
+            " from oplog_entry group by 1 order by 1",
         ).fetchall()
-        keys = conn.execute(
-            "select key_id, count(*) from oplog_entry group by 1 order by 1"
+        keys = execute(
+            conn, "select key_id, count(*) from oplog_entry group by 1 order by 1"
         ).fetchall()
-        tickets = conn.execute("select name, version from oplog_ticket order by name").fetchall()
+        tickets = execute(conn, "select name, version from oplog_ticket order by name").fetchall()
         consumers = (
-            conn.execute(
-                "select name, checkpoint, update_time from oplog_consumer order by name"
+            execute(
+                conn, "select name, checkpoint, update_time from oplog_consumer order by name"
             ).fetchall()
             if 2 in schema.applied_versions(conn)
             else []

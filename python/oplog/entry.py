@@ -6,12 +6,19 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from oplog._db import execute
 from oplog.catalog import TypeCatalog
 from oplog.errors import InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Queue, Version
 from oplog.replay import Replayer
-from oplog.ticket import Ticket, Ticketer, check_aggregate_name, conflicts_as_ticket_errors
+from oplog.ticket import (
+    Ticket,
+    Ticketer,
+    check_aggregate_name,
+    check_text,
+    conflicts_as_ticket_errors,
+)
 from oplog.wrapping import Wrapper
 from oplog.writer import Writer
 
@@ -57,21 +64,34 @@ def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Me
     """Validates metadata and returns it as ``{key: [values]}`` (a str value is one value).
 
     Raises:
-        InvalidParameterError: A key is not a non-empty str, a value is not a str, or either
-            holds a NUL character (which PostgreSQL text cannot).
+        InvalidParameterError: `metadata` is not a mapping; a key is not a non-empty str; a
+            value is neither a str nor a sequence of str; a key or value is not storable
+            text (see :func:`oplog.ticket.check_text`: valid UTF-8, no NUL, at most
+            2048 bytes).
     """
     out: Metadata = {}
-    for key, values in (metadata or {}).items():
+    if metadata is None:
+        return out
+    if not isinstance(metadata, Mapping):
+        raise InvalidParameterError(f"metadata must be a mapping, not {type(metadata).__name__}")
+    for key, values in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidParameterError(f"metadata keys are non-empty str, not {key!r}")
-        items = [values] if isinstance(values, str) else list(values)
+        check_text(key, "metadata key")
+        if isinstance(values, str):
+            items = [values]
+        else:
+            try:
+                items = list(values)
+            except TypeError:
+                raise InvalidParameterError(
+                    f"metadata {key!r} must be a str or a sequence of str, not"
+                    f" {type(values).__name__}"
+                ) from None
         for value in items:
             if not isinstance(value, str):
                 raise InvalidParameterError(f"metadata {key!r} has a non-str value {value!r}")
-        if "\x00" in key or any("\x00" in value for value in items):
-            raise InvalidParameterError(
-                f"metadata {key!r} contains a NUL character, which PostgreSQL text cannot hold"
-            )
+            check_text(value, f"metadata {key!r} value")
         out[key] = items
     return out
 
@@ -275,7 +295,8 @@ class Entry:
             self.encrypt_data()
         keys, values = metadata_rows(self.metadata)
         with conflicts_as_ticket_errors(f"write entry for {self.aggregate_name!r}"):
-            row = writer.conn.execute(
+            row = execute(
+                writer.conn,
                 WRITE_ENTRY,
                 {
                     "ticket": ticket.name,

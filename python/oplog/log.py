@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Optional, Union
 import psycopg
 
 from oplog import _core, pgarray
+from oplog._db import execute
 from oplog.catalog import TypeCatalog
 from oplog.entry import (
     WRITE_ENTRY,
@@ -19,9 +20,9 @@ from oplog.entry import (
     metadata_rows,
     normalize_metadata,
 )
-from oplog.errors import InvalidParameterError, OplogError, TicketConflictError
+from oplog.errors import InvalidParameterError, OplogError, TicketConflictError, UnknownTypeError
 from oplog.operation import Operation
-from oplog.queue import Version
+from oplog.queue import Version, check_classes
 from oplog.replay import Replayer
 from oplog.tail import SNAPSHOT, Checkpoint, Consumer, consume, tail_pages
 from oplog.ticket import (
@@ -215,7 +216,9 @@ class OplogBase:
     ) -> tuple[Entry, dict[str, Any]]:
         ticket = self.ticket_name(aggregate_name)
         entry = Entry(aggregate_name, metadata=metadata, wrapper=self.wrapper, version=self.version)
-        entry.set_operations(tuple(operations))
+        ops = tuple(operations)
+        check_classes(self.catalog, ops)
+        entry.set_operations(ops)
         entry.encrypt_data()
         keys, values = metadata_rows(entry.metadata)
         return entry, {
@@ -237,6 +240,7 @@ class OplogBase:
         metadata: Mapping[str, Sequence[str] | str] | None,
     ) -> tuple[Entry, bytes, list[Any]]:
         ops = tuple(operations)
+        check_classes(self.catalog, ops)
         # Composing needs only the connection's encoding; nothing is executed here.
         writer = Writer(conn, self.catalog)  # type: ignore[arg-type]
         parts = [b"with ", _APPLY_TICKET]
@@ -300,6 +304,10 @@ class _Batch:
             ops = list(operations)
             if not ops:
                 raise InvalidParameterError(f"item {index}: an entry needs an operation")
+            try:
+                check_classes(log.catalog, ops)
+            except (InvalidParameterError, UnknownTypeError) as exc:
+                raise type(exc)(f"item {index}: {exc.args[0]}") from None
             if metadata is not last or index == 0:
                 rows = metadata_rows(normalize_metadata(metadata))
                 last = metadata
@@ -402,20 +410,20 @@ def _send_batch(conn: psycopg.Connection[Any], batch: _Batch) -> list[int] | Non
     """Sends the batch's statements; its ids, or None when its tickets were missing."""
     if not batch.chunked:
         ((query, params),) = batch.statements()
-        return batch.check_ids([int(row[0]) for row in conn.execute(query, params).fetchall()])
+        return batch.check_ids([int(row[0]) for row in execute(conn, query, params).fetchall()])
     block = batch_block(conn)
     try:
         with conn.pipeline():
-            conn.execute(block.begin)
-            cursors = [conn.execute(query, params) for query, params in batch.statements()]
+            execute(conn, block.begin)
+            cursors = [execute(conn, query, params) for query, params in batch.statements()]
             written = batch.check_ids([int(row[0]) for c in cursors for row in c.fetchall()])
-            conn.execute(block.end)
+            execute(conn, block.end)
         return written
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 for statement in block.undo:
-                    conn.execute(statement)
+                    execute(conn, statement)
         raise
 
 
@@ -445,12 +453,12 @@ class Oplog(OplogBase):
         again (the statement changes nothing without the ticket)."""
         for first in (True, False):
             with conflicts_as_ticket_errors(f"write entry for {entry.aggregate_name!r}"):
-                row = conn.execute(query, params).fetchone()
+                row = execute(conn, query, params).fetchone()
             if row is not None:
                 return _written(entry, row)
             if first:
                 with conflicts_as_ticket_errors(f"init ticket {ticket!r}"):
-                    conn.execute(INIT_TICKET, (ticket,))
+                    execute(conn, INIT_TICKET, (ticket,))
         raise _invisible_ticket(entry.aggregate_name)
 
     def ticketer(self, conn: psycopg.Connection[Any]) -> Ticketer:
@@ -547,7 +555,7 @@ class Oplog(OplogBase):
             if first:
                 with conflicts_as_ticket_errors("init the batch's tickets"):
                     for name in batch.tickets:
-                        conn.execute(INIT_TICKET, (name,))
+                        execute(conn, INIT_TICKET, (name,))
         raise _invisible_ticket(", ".join(batch.tickets))
 
     def read(
@@ -566,9 +574,9 @@ class Oplog(OplogBase):
         """
         pages = _Pages(aggregate_name, after_id, limit)
         while (params := pages.next_query()) is not None:
-            rows = conn.execute(READ_PAGE, params).fetchall()
+            rows = execute(conn, READ_PAGE, params).fetchall()
             ids = [row[0] for row in rows]
-            metadata = conn.execute(READ_METADATA, (ids,)).fetchall() if ids else []
+            metadata = execute(conn, READ_METADATA, (ids,)).fetchall() if ids else []
             yield from pages.entries(rows, metadata, self.wrapper)
 
     def replay(
@@ -687,6 +695,6 @@ class Oplog(OplogBase):
     def checkpoint(self, conn: psycopg.Connection[Any]) -> Checkpoint:
         """The current end of the log: a tail from here delivers only entries of transactions
         that commit later (also those already running)."""
-        row = conn.execute(SNAPSHOT).fetchone()
+        row = execute(conn, SNAPSHOT).fetchone()
         assert row is not None
         return Checkpoint(row[0])

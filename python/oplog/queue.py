@@ -13,13 +13,41 @@ from oplog.catalog import TypeCatalog
 from oplog.errors import DecodeError, InvalidParameterError, UnknownTypeError
 from oplog.operation import Operation, OperationOptions, OpType
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "check_classes"]
 
 Version = Literal["v1", "v2"]
 
 _OP_TYPES = tuple(OpType)
 _new_operation = tuple.__new__
 _parse_options = OperationOptions.FromString
+
+
+def check_classes(catalog: TypeCatalog, batch: Sequence[Operation]) -> None:
+    """Checks that each operation's message is an instance of exactly the class its type name
+    is registered for in `catalog` (a message of another class would be stored under the
+    wrong name and read back garbled).
+
+    Raises:
+        InvalidParameterError: An item is not an Operation, or its message is of another class.
+        UnknownTypeError: A type name is not in the catalog.
+    """
+    classes = catalog._classes
+    for index, op in enumerate(batch):
+        if not (isinstance(op, tuple) and len(op) == 6):
+            raise InvalidParameterError(
+                f"operation {index}: expected an oplog.Operation, not {type(op).__name__}"
+            )
+        message, type_name = op[0], op[1]
+        cls = classes.get(type_name) if isinstance(type_name, str) else None
+        if cls is None:
+            raise UnknownTypeError(f"type name {type_name!r} is not in the catalog")
+        if type(message) is not cls:
+            got = message.__qualname__ if isinstance(message, type) else type(message).__qualname__
+            what = "the class " if isinstance(message, type) else ""
+            raise InvalidParameterError(
+                f"operation {index}: type name {type_name!r} is registered for "
+                f"{cls.__qualname__}, not {what}{got}"
+            )
 
 
 def _paths(paths: Iterable[str], what: str) -> tuple[str, ...]:
@@ -106,18 +134,8 @@ class Queue:
         """
         batch = operations if isinstance(operations, (list, tuple)) else list(operations)
         if self._catalog is not None:
-            self._check_classes(batch)
+            check_classes(self._catalog, batch)
         self._pending.append(_core.encode_operations(batch, self._version))
-
-    def _check_classes(self, batch: Sequence[Operation]) -> None:
-        assert self._catalog is not None
-        for index, op in enumerate(batch):
-            cls = self._catalog.get(op.type_name)
-            if type(op.message) is not cls:
-                raise InvalidParameterError(
-                    f"operation {index}: type name {op.type_name!r} is registered for "
-                    f"{cls.__qualname__}, not {type(op.message).__qualname__}"
-                )
 
     def _consolidate(self) -> bytes:
         if self._pending:

@@ -14,6 +14,7 @@ import psycopg
 from google.protobuf.message import Message
 from psycopg import sql
 
+from oplog._db import execute
 from oplog.catalog import check_identifier
 from oplog.errors import InvalidParameterError
 from oplog.operation import Operation, OpType
@@ -108,5 +109,5 @@ def tables_equal(conn: psycopg.Connection[Any], live: str, replayed: str) -> boo
         a=sql.Identifier(check_identifier(live, "table name")),
         b=sql.Identifier(check_identifier(replayed, "table name")),
     )
-    row = conn.execute(query).fetchone()
+    row = execute(conn, query).fetchone()
     return bool(row and row[0])

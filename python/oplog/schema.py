@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from oplog._db import execute
 from oplog.errors import InvalidParameterError
 
 __all__ = ["Migration", "applied_versions", "migrate", "migrate_down", "migrations"]
@@ -58,18 +59,18 @@ def migrations() -> list[Migration]:
 
 
 def _lock(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-    conn.execute(_TRACKING_TABLE)
+    execute(conn, "select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+    execute(conn, _TRACKING_TABLE)
 
 
 def _applied(conn: psycopg.Connection[Any]) -> set[int]:
-    rows = conn.execute("select version from oplog_schema_migrations").fetchall()
+    rows = execute(conn, "select version from oplog_schema_migrations").fetchall()
     return {int(row[0]) for row in rows}
 
 
 def applied_versions(conn: psycopg.Connection[Any]) -> list[int]:
     """The migration versions recorded as applied (empty when oplog was never migrated)."""
-    exists = conn.execute("select to_regclass('oplog_schema_migrations') is not null").fetchone()
+    exists = execute(conn, "select to_regclass('oplog_schema_migrations') is not null").fetchone()
     if not exists or not exists[0]:
         return []
     return sorted(_applied(conn))
@@ -91,8 +92,9 @@ def migrate(conn: psycopg.Connection[Any], *, target: int | None = None) -> list
         for m in migrations():
             if m.version in done or (target is not None and m.version > target):
                 continue
-            conn.execute(m.up.encode())
-            conn.execute(
+            execute(conn, m.up.encode())
+            execute(
+                conn,
                 "insert into oplog_schema_migrations (version, name) values (%s, %s)",
                 (m.version, m.name),
             )
@@ -118,7 +120,7 @@ def migrate_down(conn: psycopg.Connection[Any], *, target: int = 0) -> list[int]
         for m in reversed(migrations()):
             if m.version not in done or m.version <= target:
                 continue
-            conn.execute(m.down.encode())
-            conn.execute("delete from oplog_schema_migrations where version = %s", (m.version,))
+            execute(conn, m.down.encode())
+            execute(conn, "delete from oplog_schema_migrations where version = %s", (m.version,))
             reverted.append(m.version)
     return reverted

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from oplog._db import execute
 from oplog.entry import Entry, entries_from_rows
 from oplog.errors import InvalidParameterError
 from oplog.wrapping import Wrapper
@@ -297,17 +298,17 @@ def tail_pages(
             conn.commit()
 
     if channel is not None:
-        conn.execute(_listen(channel))
+        execute(conn, _listen(channel))
         end_read()
     while stop is None or not stop.is_set():
         if cursor.needs_snapshot:
-            row = conn.execute(SNAPSHOT).fetchone()
+            row = execute(conn, SNAPSHOT).fetchone()
             assert row is not None
             cursor.begin(row[0])
         with needs_migration_2():
-            rows = conn.execute(TAIL_PAGE, cursor.params(), prepare=False).fetchall()
+            rows = execute(conn, TAIL_PAGE, cursor.params(), prepare=False).fetchall()
         ids = [row[0] for row in rows]
-        metadata = conn.execute(TAIL_METADATA, (ids,)).fetchall() if ids else []
+        metadata = execute(conn, TAIL_METADATA, (ids,)).fetchall() if ids else []
         end_read()
         page = cursor.page(rows, metadata, wrapper)
         if page:
@@ -399,17 +400,17 @@ class Consumer(ConsumerBase):
         both applying the same entries.
         """
         with needs_migration_2():
-            row = conn.execute(*self._read_statement(lock)).fetchone()
+            row = execute(conn, *self._read_statement(lock)).fetchone()
             if row is None and lock:
                 # A new consumer: make the row that the lock needs (once), then take it.
-                conn.execute(*self._create_statement())
-                row = conn.execute(*self._read_statement(lock)).fetchone()
+                execute(conn, *self._create_statement())
+                row = execute(conn, *self._read_statement(lock)).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
     def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
         """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
         with needs_migration_2():
-            conn.execute(*self._save_statement(checkpoint))
+            execute(conn, *self._save_statement(checkpoint))
 
 
 def consume(

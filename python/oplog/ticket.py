@@ -14,11 +14,13 @@ from typing import Any, Literal, NamedTuple
 import psycopg
 from psycopg import errors as pg_errors
 
+from oplog._db import execute
 from oplog.errors import InvalidParameterError, TicketConflictError, TicketNotFoundError
 
 __all__ = [
     "GLOBAL_TICKET",
     "INIT_TICKET",
+    "MAX_TEXT_BYTES",
     "LockMode",
     "Ticket",
     "Ticketer",
@@ -37,18 +39,36 @@ INIT_TICKET = (
 """Creates a ticket at version 1 unless it exists."""
 
 
+MAX_TEXT_BYTES = 2048
+"""The longest aggregate name, metadata key or metadata value, in UTF-8 bytes: each is kept
+in a B-tree index, whose entries PostgreSQL limits to about a third of a page."""
+
+
+def check_text(value: str, what: str) -> None:
+    """Raises InvalidParameterError unless `value` can be stored as indexed PostgreSQL text:
+    valid UTF-8 (no lone surrogate), no NUL character, at most :data:`MAX_TEXT_BYTES` bytes."""
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise InvalidParameterError(f"{what} {value!r} is not valid UTF-8") from None
+    if "\x00" in value:
+        raise InvalidParameterError(
+            f"{what} {value!r} contains a NUL character, which PostgreSQL text cannot hold"
+        )
+    if size > MAX_TEXT_BYTES:
+        raise InvalidParameterError(
+            f"{what} is longer than {MAX_TEXT_BYTES} bytes ({size}): {value[:40]!r}..."
+        )
+
+
 def check_aggregate_name(aggregate_name: str) -> None:
-    """Raises InvalidParameterError unless `aggregate_name` is a non-empty str without a NUL
-    character (which PostgreSQL text cannot hold)."""
+    """Raises InvalidParameterError unless `aggregate_name` is a non-empty str that PostgreSQL
+    can store and index (see :func:`check_text`)."""
     if not isinstance(aggregate_name, str) or not aggregate_name:
         raise InvalidParameterError(
             f"aggregate name must be a non-empty str, not {aggregate_name!r}"
         )
-    if "\x00" in aggregate_name:
-        raise InvalidParameterError(
-            f"aggregate name {aggregate_name!r} contains a NUL character, which PostgreSQL"
-            " text cannot hold"
-        )
+    check_text(aggregate_name, "aggregate name")
 
 
 def ticket_name(aggregate_name: str, aggregate_names: bool) -> str:
@@ -140,7 +160,7 @@ class Ticketer:
         """Creates the ticket of `aggregate_name` at version 1 unless it exists (idempotent)."""
         name = self.ticket_name(aggregate_name)
         with conflicts_as_ticket_errors(f"init ticket {name!r}"):
-            self._conn.execute(INIT_TICKET, (name,))
+            execute(self._conn, INIT_TICKET, (name,))
 
     def get_ticket(self, aggregate_name: str, *, lock: LockMode | None = None) -> Ticket:
         """Reads the ticket of `aggregate_name` (``FOR UPDATE`` in pessimistic mode).
@@ -161,7 +181,7 @@ class Ticketer:
             else "select id, name, version from oplog_ticket where name = %s"
         )
         with conflicts_as_ticket_errors(f"get ticket {name!r}"):
-            row = self._conn.execute(query, (name,)).fetchone()
+            row = execute(self._conn, query, (name,)).fetchone()
         if row is None:
             raise TicketNotFoundError(f"no ticket for {name!r}: call init_ticket() first")
         return Ticket(int(row[0]), str(row[1]), int(row[2]))
@@ -175,7 +195,8 @@ class Ticketer:
                 violation. The caller's transaction must be rolled back.
         """
         with conflicts_as_ticket_errors(f"redeem ticket {ticket.name!r}"):
-            cur = self._conn.execute(
+            cur = execute(
+                self._conn,
                 "update oplog_ticket set version = version + 1, update_time = current_timestamp"
                 " where id = %s and version = %s",
                 (ticket.id, ticket.version),

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import sql
 
+from oplog._db import cursor, execute
 from oplog.catalog import Table, TypeCatalog, check_identifier
 from oplog.errors import InvalidParameterError
 from oplog.operation import Operation, OperationOptions, OpType
@@ -316,7 +317,7 @@ class Writer:
         """
         m = self._map(msg, table)
         query, params = self._insert(m, msg, _override, options)
-        row = self._conn.execute(query, params).fetchone()
+        row = execute(self._conn, query, params).fetchone()
         if row is not None:
             for column, value in zip(m.columns, row):
                 from_db(msg, column, value)
@@ -342,7 +343,7 @@ class Writer:
             for msg in msgs:
                 self.create(msg, table, _override=_override)
             return
-        with self._conn.cursor() as cur:
+        with cursor(self._conn) as cur:
             cur.executemany(batches[0][0], [p for _, p in batches], returning=True)
             for i, msg in enumerate(msgs):
                 if i:
@@ -387,7 +388,7 @@ class Writer:
                 sql.Identifier(m.table.name), _assignments(sets, nulls), self._where(m, versioned)
             ),
         )
-        cur = self._conn.execute(query, [*(to_db(msg, c) for c in sets), *params])
+        cur = execute(self._conn, query, [*(to_db(msg, c) for c in sets), *params])
         return cur.rowcount
 
     def _update_columns(
@@ -483,7 +484,7 @@ class Writer:
                 sql.Identifier(m.table.name), self._where(m, versioned)
             ),
         )
-        return self._conn.execute(query, params).rowcount
+        return execute(self._conn, query, params).rowcount
 
     def delete_items(self, msgs: Sequence[Message], table: str | None = None) -> int:
         """Deletes the rows of several messages of one type in one batch; returns rows deleted.
@@ -505,14 +506,15 @@ class Writer:
                 sql.Identifier(m.table.name), self._where(m, False)
             ),
         )
-        with self._conn.cursor() as cur:
+        with cursor(self._conn) as cur:
             cur.executemany(query, keys)
             return cur.rowcount
 
     # --- tables -------------------------------------------------------------------------------
 
     def _schema_of(self, name: str) -> str | None:
-        row = self._conn.execute(
+        row = execute(
+            self._conn,
             "select n.nspname from pg_catalog.pg_class c"
             " join pg_catalog.pg_namespace n on n.oid = c.relnamespace"
             " where c.oid = to_regclass(quote_ident(%s)) and c.relkind in ('r', 'p')",
@@ -534,17 +536,19 @@ class Writer:
         schema = self._schema_of(existing)
         if schema is None:
             raise InvalidParameterError(f"no table {existing!r} on the search_path")
-        self._conn.execute(
+        execute(
+            self._conn,
             sql.SQL("create table {} (like {} including all)").format(
                 sql.Identifier(schema, check_identifier(new, "table name")),
                 sql.Identifier(schema, existing),
-            )
+            ),
         )
 
     def drop_table_if_exists(self, name: str) -> None:
         """Drops table `name` (the one the search_path finds) if there is one."""
-        self._conn.execute(
+        execute(
+            self._conn,
             sql.SQL("drop table if exists {}").format(
                 sql.Identifier(check_identifier(name, "table name"))
-            )
+            ),
         )
