@@ -182,10 +182,12 @@ impl<'a> Envelope<'a> {
                 FIELD_NULL_MASK => decode_mask(r.len_delimited()?, &mut env.null_mask)?,
                 _ => {
                     let (bytes, _) = r.len_delimited()?;
-                    env.options = Some(match env.options.take() {
-                        None => Cow::Borrowed(bytes),
-                        Some(earlier) => Cow::Owned([earlier.as_ref(), bytes].concat()),
-                    });
+                    match &mut env.options {
+                        None => env.options = Some(Cow::Borrowed(bytes)),
+                        // Appending in place keeps a long run of repeats linear (copying the
+                        // merged bytes per repeat was quadratic).
+                        Some(earlier) => earlier.to_mut().extend_from_slice(bytes),
+                    }
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -316,3 +317,30 @@ def test_unstorable_strings_and_foreign_options_are_invalid_parameters(
     with pytest.raises(oplog.InvalidParameterError, match=match):
         queue.extend([operation])
     assert bytes(queue) == b""
+
+
+def _repeated_options_queue(repeats: int) -> bytes:
+    """One CREATE whose envelope repeats field 6 (options) `repeats` times, each carrying
+    with_skip_vet_for_write = true (protobuf merges repeated message fields)."""
+    env = b"\x0a\x04user\x18\x01\x22\x00\x2a\x00" + b"\x32\x02\x10\x01" * repeats
+    return len(env).to_bytes(4, "little") + env
+
+
+def _best_decode_seconds(data: bytes, rounds: int = 5) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        (operation,) = oplog.Queue(data, catalog=CATALOG)
+        best = min(best, time.perf_counter() - start)
+    assert operation.options is not None and operation.options.with_skip_vet_for_write
+    return best
+
+
+def test_repeated_options_decode_in_linear_time() -> None:
+    """A queue that repeats the options field decodes in time linear in its size (it was
+    concatenated once per occurrence: a 1.6 MB queue took 12 s). The ladder doubles the size
+    three times; quadratic decoding grows 64x over it, linear 8x; the bound is 25x."""
+    sizes = [50_000, 100_000, 200_000, 400_000]  # repeats; the last is 1.6 MB
+    times = [_best_decode_seconds(_repeated_options_queue(n)) for n in sizes]
+    assert len(_repeated_options_queue(sizes[-1])) > 1_600_000
+    assert times[-1] / times[0] < 25, times
