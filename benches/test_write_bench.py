@@ -20,7 +20,8 @@ import pytest
 from eventsourcing.application import Application
 from eventsourcing.cipher import AESCipher
 from eventsourcing.domain import Aggregate
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
@@ -283,17 +284,46 @@ def test_batch_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str, cipher
     benchmark(_es_save_batch(bench_dsn, cipher))
 
 
-@pytest.mark.parametrize("schema", [1, 2], ids=["schema1_baseline", "schema2"])
+@pytest.mark.parametrize("schema", [1, 2, 3], ids=["schema1_baseline", "schema2", "schema3"])
 def test_batch_migration_cost(
     benchmark: BenchmarkFixture, conn: psycopg.Connection[Any], schema: int
 ) -> None:
     """write_many of 1000 entries before and after migration 2 (which adds each entry's
-    transaction id and its index, for the tail)."""
-    benchmark.group = "5. batch of 1000 entries: cost of migration 2"
+    transaction id and its index, for the tail) and 3 (the check on that id)."""
+    benchmark.group = "5. batch of 1000 entries: cost of migrations 2 and 3"
     benchmark.extra_info["entries"] = BATCH
     oplog.migrate_down(conn, target=schema)
     log = oplog.Oplog(WRAPPER, CATALOG)
     benchmark(log.write_many, conn, _batch_items())
+
+
+def test_batch_xact_id_check_alternating(
+    benchmark: BenchmarkFixture, conn: psycopg.Connection[Any], bench_dsn: str
+) -> None:
+    """write_many of 1000 entries with migration 3 (the check that refuses a client-supplied
+    xact_id) against the same on a second database at migration 2, alternating call by call
+    (see _alternating): the ratio is the check's cost (1.00x = none)."""
+    benchmark.group = "5. batch of 1000 entries: cost of migrations 2 and 3"
+    benchmark.extra_info["entries"] = BATCH
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    items = _batch_items()
+    with psycopg.connect(bench_dsn, autocommit=True) as admin:
+        name = str(admin.info.dbname) + "_m2"
+        admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(make_conninfo(bench_dsn, dbname=name), autocommit=True) as before:
+            oplog.migrate(before, target=2)
+            pairs = 8 if not benchmark.disabled else 1
+            _alternating(
+                benchmark,
+                lambda: log.write_many(conn, items),
+                lambda: log.write_many(before, items),
+                pairs,
+            )
+    finally:
+        with psycopg.connect(bench_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
 
 
 def _fill(conn: psycopg.Connection[Any], log: oplog.Oplog, entries: int) -> None:

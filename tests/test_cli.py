@@ -117,8 +117,8 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     cli, dsn = cli_db
     cli("keygen")
     (migrated,) = cli.json("migrate")
-    assert migrated == {"applied": [1, 2], "current": [1, 2]}
-    assert cli.json("migrate") == [{"applied": [], "current": [1, 2]}]
+    assert migrated == {"applied": [1, 2, 3], "current": [1, 2, 3]}
+    assert cli.json("migrate") == [{"applied": [], "current": [1, 2, 3]}]
     cli("demo")
     entries = cli.json("ls")
     assert [e["id"] for e in entries] == list(range(1, 8))
@@ -152,7 +152,7 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     tickets = {s["name"]: s["version"] for s in stats if s["kind"] == "ticket"}
     assert sum(v - 1 for v in tickets.values()) == 7
     (down,) = cli.json("migrate", "--down")
-    assert down["reverted"] == [2, 1]
+    assert down["reverted"] == [3, 2, 1]
     cli.one_line_error("ls", code=5)
 
 
@@ -165,7 +165,9 @@ def test_verify_names_a_tampered_entry(cli_db: tuple[Cli, str]) -> None:
         conn.execute("alter table oplog_entry disable trigger oplog_entry_immutable")
         conn.execute(
             "update oplog_entry set data = overlay(data placing"
-            " set_byte(substring(data from 20 for 1), 0, get_byte(data, 19) # 1) from 20 for 1)"
+            " set_byte(substring(data from 20 for 1), 0, get_byte(data, 19) # 1) from 20 for 1),"
+            # The xact_id check holds every row written to the current transaction's id.
+            " xact_id = pg_current_xact_id()"
             " where id = 3"
         )
         conn.execute("alter table oplog_entry enable trigger oplog_entry_immutable")

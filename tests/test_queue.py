@@ -332,7 +332,8 @@ def _best_decode_seconds(data: bytes, rounds: int = 5) -> float:
         start = time.perf_counter()
         (operation,) = oplog.Queue(data, catalog=CATALOG)
         best = min(best, time.perf_counter() - start)
-    assert operation.options is not None and operation.options.with_skip_vet_for_write
+    assert operation.options is not None
+    assert operation.options.with_skip_vet_for_write
     return best
 
 

@@ -361,13 +361,107 @@ def test_entries_written_before_migration_2_are_delivered(pg: Server) -> None:
                     list(LOG.tail(early, follow=False))
                 with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
                     oplog.Consumer("c").position(early)
-            assert oplog.migrate(conn) == [2]
+            assert oplog.migrate(conn) == [2, 3]
             _commit(conn, "new", "after")
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as tail:
                 assert _names(list(LOG.tail(tail, follow=False))) == ["before", "after"]
-            assert oplog.migrate_down(conn, target=1) == [2]
+            assert oplog.migrate_down(conn, target=1) == [3, 2]
             _commit(conn, "old", "down again")
             assert len(list(LOG.read(conn))) == 3
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_tail_migration with (force)")
+
+
+# --- probed defects (issue 10) ------------------------------------------------------------------
+
+
+def test_a_client_supplied_xact_id_is_refused(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect
+) -> None:
+    """An entry inserted with an explicit, old transaction id would be invisible to every tail
+    already past the start; the server refuses any value but its own (nothing is inserted),
+    and an insert that leaves the column to its default is delivered."""
+    writer = connect()
+    _commit(writer, "a", "first")
+    driver = make_driver()
+    driver.set_autocommit(True)
+    ((_, after_first),) = driver.tail(follow=False)
+    blob = WRAPPER.encrypt(bytes(oplog.Queue()))
+    insert = (
+        "insert into oplog_entry (version, aggregate_name, data, key_id{}) values"
+        " ('v2', 'forged', %s, 'test-key-1'{})"
+    )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        writer.execute(insert.format(", xact_id", ", '1'"), (blob,))
+    writer.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation):
+        writer.execute(insert.format(", xact_id", ", '99999999'"), (blob,))
+    writer.rollback()
+    writer.execute(insert.format("", ""), (blob,))
+    writer.commit()
+    assert [e.aggregate_name for e, _ in driver.tail(after=after_first, follow=False)] == ["forged"]
+    assert conn.execute("select count(*) from oplog_entry").fetchone() == (2,)
+
+
+def _future(driver: Driver, ahead: int = 1000) -> oplog.Checkpoint:
+    xmax = int(str(driver.checkpoint()).split(":")[1])
+    return oplog.Checkpoint(f"{xmax + ahead}:{xmax + ahead}:")
+
+
+def test_a_checkpoint_from_the_future_is_refused(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect, consumed: str
+) -> None:
+    """A checkpoint beyond the server's current snapshot (a position kept while the source was
+    restored elsewhere) would silently treat every new entry as delivered: tail and consume
+    raise an OplogError naming it and the server's position instead."""
+    _commit(connect(), "a", "u0")
+    driver = make_driver()
+    driver.set_autocommit(True)
+    future = _future(driver)
+    mid_poll = oplog.Checkpoint("1:1:", str(future), 5)
+    for checkpoint in (future, mid_poll):
+        with pytest.raises(oplog.OplogError, match="ahead of this server") as info:
+            driver.tail(after=checkpoint, follow=False)
+        assert str(checkpoint) in str(info.value)
+        assert "pg_current_snapshot" not in str(info.value)
+    oplog.Consumer("c").save(conn, future)
+    conn.commit()
+    with pytest.raises(oplog.OplogError, match="ahead of this server"):
+        driver.consume("c", follow=False)
+    assert conn.execute("select count(*) from consumed").fetchone() == (0,)
+    # The present is fine.
+    assert driver.tail(after=driver.checkpoint(), follow=False) == []
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 500])
+def test_runs_until_caught_up_deliver_everything_committed_before_they_start(
+    make_driver: MakeDriver,
+    conn: psycopg.Connection[Any],
+    connect: Connect,
+    consumed: str,
+    batch_size: int,
+) -> None:
+    """A follow=False run delivers every entry committed before it started, also when the
+    previous run saved a position inside a poll (at a page boundary): such a run used to
+    finish that poll and stop without taking a new snapshot, run after run."""
+    writer = connect()
+    driver = make_driver()
+    total = 0
+    for burst in (batch_size, 2 * batch_size, 1, batch_size):
+        LOG.write_many(writer, [("a", [_op(f"u{total + i}")], None) for i in range(burst)])
+        writer.commit()
+        total += burst
+        assert driver.consume("c", follow=False, batch_size=batch_size) == burst
+    names = [r[0] for r in conn.execute("select name from consumed order by entry_id")]
+    assert names == [f"u{i}" for i in range(total)]
+    conn.rollback()
+    # The tail from a position at a page boundary, too.
+    tail = make_driver()
+    tail.set_autocommit(True)
+    items = tail.tail(follow=False, batch_size=batch_size)
+    boundary = items[batch_size - 1][1]
+    LOG.write_many(writer, [("a", [_op("later")], None)])
+    writer.commit()
+    later = tail.tail(after=boundary, follow=False, batch_size=batch_size)
+    assert _names(later) == [f"u{i}" for i in range(batch_size, total)] + ["later"]

@@ -210,6 +210,9 @@ class AsyncOplog(OplogBase):
             await aexecute(conn, _listen(channel))
             if not conn.autocommit:
                 await conn.commit()
+        row = await (await aexecute(conn, SNAPSHOT)).fetchone()
+        assert row is not None
+        cursor.start(row[0])
         while stop is None or not stop.is_set():
             if cursor.needs_snapshot:
                 row = await (await aexecute(conn, SNAPSHOT)).fetchone()

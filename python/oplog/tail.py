@@ -41,7 +41,7 @@ from psycopg.pq import TransactionStatus
 
 from oplog._db import execute
 from oplog.entry import Entry, entries_from_rows
-from oplog.errors import InvalidParameterError
+from oplog.errors import InvalidParameterError, OplogError
 from oplog.wrapping import Wrapper
 
 __all__ = [
@@ -190,14 +190,38 @@ class _Cursor:
         self.position = after
         self.batch_size = batch_size
         self.poll_found = 0  # entries delivered by the current poll so far
+        # Whether this tail took the current poll's snapshot: a poll resumed from a checkpoint
+        # was taken before the tail started, so finding nothing in it is not being caught up.
+        self.fresh = False
 
     @property
     def needs_snapshot(self) -> bool:
         return self.position.reading is None
 
+    def start(self, now: str) -> None:
+        """Checks the starting checkpoint against `now`, the server's current snapshot, and
+        begins the first poll with it if the checkpoint is between polls.
+
+        Raises:
+            OplogError: The checkpoint is ahead of the server: a position kept while the
+                database was restored or replaced. From it every new entry would look
+                delivered.
+        """
+        current = _xmax(now)
+        for snapshot in (self.position.seen, self.position.reading):
+            if snapshot is not None and _xmax(snapshot) > current:
+                raise OplogError(
+                    f"checkpoint {self.position} is ahead of this server, whose current"
+                    f" snapshot is {now}: was the database restored or replaced? A tail from"
+                    " it would deliver nothing; start from a checkpoint of this server"
+                )
+        if self.needs_snapshot:
+            self.begin(now)
+
     def begin(self, snapshot: str) -> None:
         self.position = Checkpoint(self.position.seen, snapshot, 0)
         self.poll_found = 0
+        self.fresh = True
 
     def params(self) -> dict[str, Any]:
         p = self.position
@@ -223,8 +247,13 @@ class _Cursor:
 
     @property
     def caught_up(self) -> bool:
-        """The last poll is fully delivered and found nothing new."""
-        return self.needs_snapshot and self.poll_found == 0
+        """The last poll, taken by this tail, is fully delivered and found nothing new: every
+        entry committed before the tail started has been delivered."""
+        return self.needs_snapshot and self.fresh and self.poll_found == 0
+
+
+def _xmax(snapshot: str) -> int:
+    return int(snapshot.split(":", 2)[1])
 
 
 def check_tail_arguments(
@@ -300,6 +329,9 @@ def tail_pages(
     if channel is not None:
         execute(conn, _listen(channel))
         end_read()
+    row = execute(conn, SNAPSHOT).fetchone()
+    assert row is not None
+    cursor.start(row[0])
     while stop is None or not stop.is_set():
         if cursor.needs_snapshot:
             row = execute(conn, SNAPSHOT).fetchone()

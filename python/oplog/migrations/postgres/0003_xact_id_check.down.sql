@@ -1,0 +1,1 @@
+alter table oplog_entry drop constraint oplog_entry_xact_id_is_current;
