@@ -87,3 +87,22 @@ def test_concurrent_writers_lose_and_duplicate_nothing(
     _check_log(conn, PROCESSES * WRITES)
     if lock == "pessimistic" or style == "oplog":
         assert stats["retries"] == 0
+
+
+def test_concurrent_batches_creating_tickets_never_deadlock(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """8 processes x 60 batches over overlapping aggregates whose tickets do not exist yet:
+    every batch is written and none meets a deadlock (each cost deadlock_timeout)."""
+    conn.autocommit = True
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(PROCESSES) as pool:
+        results = pool.starmap(
+            workers.batches_with_new_tickets, [(dsn, w, 60, 3) for w in range(PROCESSES)]
+        )
+    assert sum(r["written"] for r in results) == PROCESSES * 60
+    assert [r["deadlocks"] for r in results] == [0] * PROCESSES
+    assert count(conn, "oplog_entry") == PROCESSES * 60 * 16
+    row = conn.execute("select coalesce(sum(version - 1), 0) from oplog_ticket").fetchone()
+    assert row is not None
+    assert row[0] == sum(r["redeems"] for r in results)  # one redeem per ticket per batch

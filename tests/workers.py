@@ -267,3 +267,34 @@ def write_domain(dsn: str, worker: int, units: int) -> int:
             if ops[0].op_type == oplog.OpType.CREATE:
                 mine.append(user.id)
     return units
+
+
+def batches_with_new_tickets(
+    dsn: str, worker: int, batches: int, round_size: int
+) -> dict[str, int]:
+    """Writes `batches` write_many batches, each over a random overlapping set of aggregates
+    whose tickets mostly do not exist yet (every `round_size` batches move on to new names);
+    returns how many were written and how many conflicts were deadlocks."""
+    rng = random.Random(worker)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    written = deadlocks = conflicts = redeems = 0
+    with psycopg.connect(dsn) as conn:
+        for n in range(batches):
+            names = [f"r{n // round_size}-{rng.randrange(30)}" for _ in range(16)]
+            items: list[Any] = [
+                (name, [oplog.Operation(TestUser(id=n), "user", oplog.OpType.CREATE)], None)
+                for name in names
+            ]
+            while True:
+                try:
+                    with conn.transaction():
+                        log.write_many(conn, items)
+                        time.sleep(0.002)  # the rest of the caller's transaction
+                    written += 1
+                    redeems += len(set(names))
+                    break
+                except oplog.TicketConflictError as exc:
+                    conflicts += 1
+                    if isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                        deadlocks += 1
+    return {"written": written, "deadlocks": deadlocks, "conflicts": conflicts, "redeems": redeems}

@@ -60,7 +60,7 @@ __all__ = ["AsyncConsumer", "AsyncOplog", "run_in_transaction"]
 T = TypeVar("T")
 
 
-async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: _Batch) -> list[int] | None:
+async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: _Batch) -> list[int]:
     """Sends the batch's statements; see ``oplog.log._send_batch``."""
     if not batch.chunked:
         ((query, params),) = batch.statements()
@@ -138,16 +138,8 @@ class AsyncOplog(OplogBase):
         if batch is None:
             return []
         pgarray.register(conn)
-        for first in (True, False):
-            with conflicts_as_ticket_errors("write a batch of entries"):
-                ids = await _send_batch(conn, batch)
-            if ids is not None:
-                return ids
-            if first:
-                with conflicts_as_ticket_errors("init the batch's tickets"):
-                    for name in batch.tickets:
-                        await aexecute(conn, INIT_TICKET, (name,))
-        raise _invisible_ticket(", ".join(batch.tickets))
+        with conflicts_as_ticket_errors("write a batch of entries"):
+            return await _send_batch(conn, batch)
 
     async def read(
         self,

@@ -40,16 +40,19 @@ __all__ = ["BatchItem", "Oplog", "OplogBase"]
 
 _PAGE = 500
 
-# A batch in one round trip: lock the batch's tickets in name order, redeem each once, insert
-# the entries in input order (so their ids ascend with it) and their metadata. Nothing happens
-# unless every ticket exists. Parameters are binary, and the large arrays arrive packed by the
-# Rust core (see pgarray.py): dumping them element by element cost a fifth of a batch.
+# A batch in one round trip: redeem each of the batch's tickets once, in name order, creating
+# the missing ones on the way (a new ticket starts at version 1, so redeemed it is 2); then
+# insert the entries in input order (so their ids ascend with it) and their metadata. The upsert
+# takes each ticket's row lock (or, for a new one, its key) in name order and nothing else
+# first, so two batches cannot deadlock, with new tickets or existing ones. Parameters are
+# binary, and the large arrays arrive packed by the Rust core (see pgarray.py): dumping them
+# element by element cost a fifth of a batch.
 _BATCH_TICKETS = """
-with locked as (
-  select id from oplog_ticket where name = any(%(tickets)b::text[]) order by name for update
-), redeemed as (
-  update oplog_ticket set version = version + 1, update_time = current_timestamp
-  where id in (select id from locked) and (select count(*) from locked) = %(ticket_count)b::bigint
+with redeemed as (
+  insert into oplog_ticket (name, version)
+  select t.name, 2 from unnest(%(tickets)b::text[]) as t (name) order by t.name
+  on conflict (name) do update
+    set version = oplog_ticket.version + 1, update_time = current_timestamp
   returning id
 ), """
 _BATCH_ENTRIES = """entry as (
@@ -281,7 +284,6 @@ class _Batch:
     prepared before it is sent. A larger one is several: the first redeems the tickets of the
     whole batch, the others are gated on it; the caller sends them in one pipeline and one
     transaction or savepoint, since an item may still fail to encode after the first is sent.
-    Prepared chunks are kept, so a second run (after creating missing tickets) reuses them.
     """
 
     def __init__(self, log: OplogBase, items: Iterable[BatchItem]) -> None:
@@ -374,10 +376,8 @@ class _Batch:
             params["token"] = self.token
         return params
 
-    def check_ids(self, ids: list[int]) -> list[int] | None:
-        """The batch's ids if it was written, None if its tickets were missing (nothing was)."""
-        if not ids:
-            return None
+    def check_ids(self, ids: list[int]) -> list[int]:
+        """The batch's ids; an error (the batch rolled back) unless there is one per item."""
         if len(ids) != self.size:
             raise OplogError(f"a batch of {self.size} entries wrote {len(ids)}; it was rolled back")
         return ids
@@ -406,8 +406,8 @@ class _Block(NamedTuple):
     undo: tuple[bytes, ...]
 
 
-def _send_batch(conn: psycopg.Connection[Any], batch: _Batch) -> list[int] | None:
-    """Sends the batch's statements; its ids, or None when its tickets were missing."""
+def _send_batch(conn: psycopg.Connection[Any], batch: _Batch) -> list[int]:
+    """Sends the batch's statements; returns its ids."""
     if not batch.chunked:
         ((query, params),) = batch.statements()
         return batch.check_ids([int(row[0]) for row in execute(conn, query, params).fetchall()])
@@ -519,11 +519,11 @@ class Oplog(OplogBase):
         return self._redeem_and_write(conn, entry, query, params, params[0])
 
     def write_many(self, conn: psycopg.Connection[Any], items: Iterable[BatchItem]) -> list[int]:
-        """Writes many entries in the caller's transaction with a constant number of round
-        trips (one, plus one the first time an aggregate is seen).
+        """Writes many entries in the caller's transaction in one round trip.
 
-        Every aggregate's ticket is locked once, in name order (so two batches cannot deadlock
-        each other), and redeemed once for the whole batch. Entries get ids in input order.
+        Every aggregate's ticket is redeemed once for the whole batch, in name order, and
+        created there if it is missing (so two batches cannot deadlock each other, with new
+        tickets or existing ones). Entries get ids in input order.
 
         A batch of 256 entries or more is sent as a few statements in one pipeline (still one
         round trip), so that encryption overlaps the server's inserts; they run in a savepoint
@@ -547,16 +547,8 @@ class Oplog(OplogBase):
         if batch is None:
             return []
         pgarray.register(conn)
-        for first in (True, False):
-            with conflicts_as_ticket_errors("write a batch of entries"):
-                ids = _send_batch(conn, batch)
-            if ids is not None:
-                return ids
-            if first:
-                with conflicts_as_ticket_errors("init the batch's tickets"):
-                    for name in batch.tickets:
-                        execute(conn, INIT_TICKET, (name,))
-        raise _invisible_ticket(", ".join(batch.tickets))
+        with conflicts_as_ticket_errors("write a batch of entries"):
+            return _send_batch(conn, batch)
 
     def read(
         self,
