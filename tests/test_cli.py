@@ -16,7 +16,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from oplog import keyfile
 from oplog.demo import _DDL as DDL
 from oplog.demo import SCHEMA, TABLES
 from tests.pg import Server
@@ -340,3 +342,230 @@ def test_tail_follow_prints_entries_as_they_commit(cli_db: tuple[Cli, str]) -> N
             assert "Traceback" not in follow.stderr.read()
         finally:
             follow.kill()
+
+
+# --- every bad input has its exit code (issue 10) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_dbs(pg: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A database holding the demo's log and tables, an empty migrated one holding the demo's
+    tables (a replica), and a key file for them."""
+    tmp = tmp_path_factory.mktemp("exit-codes")
+    names = {"source": "t_cli_exit", "replica": "t_cli_exit_replica"}
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f"drop database if exists {name} with (force)")
+            admin.execute(f"create database {name}")
+    dsns = {role: pg.dsn_for(name) for role, name in names.items()}
+    keys = tmp / "keys.json"
+    cli = Cli(_env(tmp, OPLOG_DSN=dsns["source"], OPLOG_KEY_FILE=str(keys)))
+    cli("keygen")
+    cli("demo")
+    cli("migrate", "--dsn", dsns["replica"])
+    with psycopg.connect(dsns["replica"], autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(SCHEMA)))
+        conn.execute(sql.SQL("set search_path to {}").format(sql.Identifier(SCHEMA)))
+        conn.execute(DDL.encode())
+    yield {"cli": cli, "tmp": tmp, "keys": keys, **dsns}
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f"drop database if exists {name} with (force)")
+
+
+def _write_keys(tmp: Path, document: object) -> str:
+    path = tmp / f"keys-{abs(hash(json.dumps(document)))}.json"
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)
+    return str(path)
+
+
+_NOT_UTF8 = os.fsdecode(b"caf\xe9")  # how Python receives a Latin-1 argument
+_B64 = "A" * 43 + "="
+
+# (id, arguments, expected code, what the one line says). "{replica}" and "{tmp}" are filled in.
+EXIT_CASES: list[tuple[str, list[str], int, str]] = [
+    ("dsn-garbage", ["stats", "--dsn", "garbage"], 2, "--dsn"),
+    ("dsn-unknown-option", ["stats", "--dsn", "nosuchoption=1"], 2, "--dsn"),
+    ("replicate-to-garbage", ["replicate", "--once", "--to", "garbage", *DEMO_TYPES], 2, "--to"),
+    ("limit-negative", ["ls", "--limit", "-1"], 2, "--limit"),
+    ("after-negative", ["ls", "--after", "-5"], 2, "--after"),
+    ("not-utf8-aggregate", ["ls", "--aggregate", _NOT_UTF8], 2, "UTF-8"),
+    ("not-utf8-metadata", ["ls", "--metadata", f"k={_NOT_UTF8}"], 2, "UTF-8"),
+    ("poll-interval-zero", ["tail", "--poll-interval", "0"], 2, "--poll-interval"),
+    ("poll-interval-nan", ["tail", "--poll-interval", "nan"], 2, "--poll-interval"),
+    ("channel-empty", ["tail", "--channel", ""], 2, "--channel"),
+    (
+        "batch-size-zero",
+        ["replicate", "--once", "--to", "{replica}", "--batch-size", "0", *DEMO_TYPES],
+        2,
+        "--batch-size",
+    ),
+    ("replay-off-search-path", ["replay", "--types", "oplog.demo:CATALOG"], 5, "search-path"),
+    ("replay-long-suffix", ["replay", *DEMO_TYPES, "--suffix", "_" + "x" * 70], 2, "--suffix"),
+    ("replay-empty-suffix", ["replay", *DEMO_TYPES, "--suffix", ""], 2, "--suffix"),
+    (
+        "replay-unknown-type",
+        [
+            "replay",
+            "--types",
+            "tests.catalogs:USERS_ONLY",
+            "--search-path",
+            "oplog_demo,public",
+            "--suffix",
+            "_unknown",
+        ],
+        7,
+        "is not in the catalog",
+    ),
+    (
+        "replicate-unknown-type",
+        [
+            "replicate",
+            "--once",
+            "--to",
+            "{replica}",
+            "--consumer",
+            "u",
+            "--types",
+            "tests.catalogs:USERS_ONLY",
+            "--search-path",
+            "oplog_demo,public",
+        ],
+        7,
+        "is not in the catalog",
+    ),
+    ("tail-other-key", ["tail", "--key-file", "{other_keys}"], 4, "entry 1"),
+    ("replay-other-key", ["replay", *DEMO_TYPES, "--key-file", "{other_keys}"], 4, "entry 1"),
+    (
+        "replicate-other-key",
+        [
+            "replicate",
+            "--once",
+            "--to",
+            "{replica}",
+            "--consumer",
+            "k",
+            "--key-file",
+            "{other_keys}",
+            *DEMO_TYPES,
+        ],
+        4,
+        "entry 1",
+    ),
+    ("key-int", ["ls", "--key-file", "{int_key}"], 4, "not a base64 string"),
+    ("key-duplicate-ids", ["ls", "--key-file", "{duplicate_ids}"], 4, "two keys have the id"),
+    ("key-empty-id", ["ls", "--key-file", "{empty_id}"], 4, "has no id"),
+    ("key-loose-strict", ["ls", "--key-file", "{loose}", "--strict-perms"], 4, "mode 0644"),
+    (
+        "keygen-empty-id",
+        ["keygen", "--key-file", "{tmp}/new.json", "--key-id", ""],
+        2,
+        "--key-id",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [c[1:] for c in EXIT_CASES],
+                         ids=[c[0] for c in EXIT_CASES])  # fmt: skip
+def test_every_bad_input_has_its_exit_code_and_one_line(
+    demo_dbs: dict[str, Any], args: list[str], code: int, says: str
+) -> None:
+    """Each input the probe found ending in exit 70 ("a bug") exits with its documented code
+    and one line on stderr that says what is wrong; the log is left as it was."""
+    tmp: Path = demo_dbs["tmp"]
+    other = tmp / "other-keys.json"
+    if not other.exists():
+        keyfile.add_key(other, "other")
+    loose = tmp / "loose.json"
+    if not loose.exists():
+        loose.write_text(demo_dbs["keys"].read_text())
+        loose.chmod(0o644)
+    fill = {
+        "replica": demo_dbs["replica"],
+        "tmp": str(tmp),
+        "other_keys": str(other),
+        "loose": str(loose),
+        "int_key": _write_keys(tmp, {"keys": [{"id": "k", "key": 7}]}),
+        "duplicate_ids": _write_keys(
+            tmp, {"keys": [{"id": "k", "key": _B64}, {"id": "k", "key": _B64}]}
+        ),
+        "empty_id": _write_keys(tmp, {"keys": [{"id": "", "key": _B64}]}),
+    }
+    line = demo_dbs["cli"].one_line_error(*(a.format(**fill) for a in args), code=code)
+    assert says in line, line
+    assert "unexpected" not in line
+
+
+def test_a_loose_key_file_warns_but_works(demo_dbs: dict[str, Any]) -> None:
+    """Without --strict-perms a group- or world-readable key file works, with a warning line."""
+    tmp: Path = demo_dbs["tmp"]
+    loose = tmp / "loose-warn.json"
+    loose.write_text(demo_dbs["keys"].read_text())
+    loose.chmod(0o640)
+    result = demo_dbs["cli"]("ls", "--key-file", str(loose))
+    assert result.stderr.startswith("oplog: warning: key file")
+    assert "mode 0640" in result.stderr
+    assert len(result.stdout.splitlines()) == 8
+
+
+def test_replaying_twice_into_one_suffix_names_the_entry(demo_dbs: dict[str, Any]) -> None:
+    """A second replay into the same suffix tables meets rows it already wrote: exit 1 naming
+    the entry and the table (use --after to continue a replay), and nothing is committed."""
+    cli = demo_dbs["cli"]
+    cli("replay", *DEMO_TYPES, "--suffix", "_twice")
+    line = cli.one_line_error("replay", *DEMO_TYPES, "--suffix", "_twice", code=1)
+    assert "entry 1" in line
+    assert "--after" in line
+    assert cli.json("replay", *DEMO_TYPES, "--suffix", "_twice", "--after", "7") == [
+        {"replayed": 0, "suffix": "_twice"}
+    ]
+
+
+def test_verify_replay_of_a_duplicated_entry_is_a_named_problem(pg: Server, tmp_path: Path) -> None:
+    """An entry copied into the log (same operations twice) makes verify --replay exit 1 with
+    a problem naming the entry that does not apply, not a crash."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_cli_dup with (force)")
+        admin.execute("create database t_cli_dup")
+    dsn = pg.dsn_for("t_cli_dup")
+    cli = Cli(_env(tmp_path, OPLOG_DSN=dsn, OPLOG_KEY_FILE=str(tmp_path / "keys.json")))
+    try:
+        cli("keygen")
+        cli("demo")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "insert into oplog_entry (version, aggregate_name, data, key_id)"
+                " select version, aggregate_name, data, key_id from oplog_entry where id = 1"
+            )
+        result = cli("verify", "--replay", *DEMO_TYPES, code=1)
+        assert "entry 8" in result.stderr
+        assert "does not replay" in result.stderr
+        assert "1 problem" in result.stdout
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute("drop database if exists t_cli_dup with (force)")
+
+
+def test_migrate_over_tables_it_did_not_create_says_so(pg: Server, tmp_path: Path) -> None:
+    """A database that already has an ``oplog_entry`` table oplog did not make: migrate exits 5
+    naming the table, and changes nothing."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_cli_foreign with (force)")
+        admin.execute("create database t_cli_foreign")
+    dsn = pg.dsn_for("t_cli_foreign")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create table oplog_entry (id int)")
+        cli = Cli(_env(tmp_path, OPLOG_DSN=dsn))
+        line = cli.one_line_error("migrate", code=5)
+        assert "oplog_entry" in line
+        assert "already exists" in line
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            tables = conn.execute(
+                "select tablename from pg_tables where tablename like 'oplog%' order by 1"
+            ).fetchall()
+        assert tables == [("oplog_entry",)]
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute("drop database if exists t_cli_foreign with (force)")

@@ -5,11 +5,14 @@ Database: ``--dsn`` or ``OPLOG_DSN``; with neither, an embedded PostgreSQL in ``
 and left running for later runs.
 Keys: ``--key-file`` or ``OPLOG_KEY_FILE`` (default ``$XDG_DATA_HOME/oplog/keys.json``).
 
-Exit codes: 0 success; 1 verification found a problem; 2 usage error; 3 database unreachable
-(or the embedded server failed); 4 key file missing or wrong, or an entry does not decrypt;
-5 the database has no oplog tables (run ``oplog migrate``); 6 no such entry; 7 the ``--types``
-module or catalog cannot be loaded; 8 a file cannot be read or written; 70 an unexpected error
-(a bug: please report it).
+Exit codes: 0 success; 1 verification found a problem, or an entry does not replay; 2 usage
+error (a bad argument, a malformed DSN, an argument that is not UTF-8); 3 database unreachable
+(or the embedded server failed); 4 key file missing, wrong or (with ``--strict-perms``) readable
+by others, or an entry does not decrypt; 5 the database lacks tables the command needs (oplog's:
+run ``oplog migrate``; the replayed ones: see ``--search-path``), or has tables in the way of a
+migration; 6 no such entry; 7 the ``--types`` module or catalog cannot be loaded, or an entry
+holds a type it does not know; 8 a file cannot be read or written; 70 an unexpected error (a bug:
+please report it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import argparse
 import dataclasses
 import importlib
 import json
+import logging
+import math
 import os
 import sys
 import time
@@ -32,6 +37,7 @@ from psycopg import sql
 import oplog
 from oplog import _core, embedded, keyfile, schema
 from oplog._db import execute
+from oplog.catalog import check_identifier
 from oplog.entry import Entry, Metadata, group_metadata
 from oplog.log import READ_METADATA
 from oplog.replay import tables_equal
@@ -83,6 +89,10 @@ class Context:
         base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return Path(base) / "oplog" / "keys.json"
 
+    def dsn_source(self) -> str:
+        """Where the DSN comes from, for error messages."""
+        return "--dsn" if self.args.dsn else "OPLOG_DSN"
+
     def dsn(self) -> str:
         dsn = self.args.dsn or os.environ.get("OPLOG_DSN")
         if dsn:
@@ -93,16 +103,19 @@ class Context:
             _fail(EXIT_DB, str(exc))
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        return self.connect_to(self.dsn(), **kwargs)
+        return self.connect_to(self.dsn(), self.dsn_source(), **kwargs)
 
-    def connect_to(self, dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    def connect_to(self, dsn: str, what: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        """Connects to `dsn` (named `what` in errors: a flag or a variable)."""
         if self.args.search_path:
             kwargs["options"] = "-c search_path=" + self.args.search_path.replace(" ", "")
         try:
             return psycopg.connect(dsn, connect_timeout=10, **kwargs)
         except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _fail(EXIT_DB, f"cannot connect to the database: {first}")
+            _fail(EXIT_DB, f"cannot connect to the database: {_first_line(exc)}")
+        except psycopg.ProgrammingError as exc:
+            # libpq could not parse the string: a usage error, not an unreachable server.
+            _fail(EXIT_USAGE, f"{what} is not a valid connection string: {_first_line(exc)}")
 
     def migrated(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         if not schema.applied_versions(conn):
@@ -116,7 +129,9 @@ class Context:
 
     def wrapper(self) -> oplog.MultiWrapper:
         try:
-            return keyfile.load_wrapper(self.key_file)
+            return keyfile.load_wrapper(
+                self.key_file, strict_permissions=bool(getattr(self.args, "strict_perms", False))
+            )
         except keyfile.KeyFileError as exc:
             _fail(EXIT_KEY, str(exc))
 
@@ -139,6 +154,11 @@ class Context:
                 self.out.write(json.dumps(row, default=str) + "\n")
             return
         _table(self.out, rows, columns)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _table(out: TextIO, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -284,12 +304,19 @@ def _connect_dsn(dsn: str) -> psycopg.Connection[Any]:
 def cmd_migrate(ctx: Context) -> int:
     """Applies (or with --down reverts) the bundled migrations."""
     with ctx.connect(autocommit=True) as conn:
-        if ctx.args.down:
-            versions = oplog.migrate_down(conn, target=ctx.args.target or 0)
-            verb = "reverted"
-        else:
-            versions = oplog.migrate(conn, target=ctx.args.target)
-            verb = "applied"
+        try:
+            if ctx.args.down:
+                versions = oplog.migrate_down(conn, target=ctx.args.target or 0)
+                verb = "reverted"
+            else:
+                versions = oplog.migrate(conn, target=ctx.args.target)
+                verb = "applied"
+        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:
+            _fail(
+                EXIT_SCHEMA,
+                f"cannot migrate: {exc.diag.message_primary}, made by something other than"
+                " oplog migrate; nothing was changed",
+            )
         current = schema.applied_versions(conn)
     if ctx.json:
         ctx.out.write(json.dumps({verb: versions, "current": current}) + "\n")
@@ -453,7 +480,11 @@ def _replay_and_compare(
         progress = Progress("replay", total)
         replayer = oplog.Replayer(writer, suffix)
         for entry in log.read(conn):
-            replayer.apply(entry.unmarshal_data(catalog))
+            try:
+                _replay_entry(replayer, entry, catalog)
+            except CommandError as exc:
+                # The replay cannot go on (its transaction is aborted): that entry is the problem.
+                return [{"entry": entry.id, "problem": f"does not replay: {exc}"}]
             progress.step()
         for table in tables:
             if writer.has_table(table) and not tables_equal(conn, table, table + suffix):
@@ -461,25 +492,61 @@ def _replay_and_compare(
     return problems
 
 
+def _check_suffix(catalog: oplog.TypeCatalog, suffix: str) -> None:
+    """Exits 2 unless every ``<table><suffix>`` is a table name PostgreSQL can hold."""
+    if not suffix:
+        _fail(EXIT_USAGE, "--suffix must not be empty: that would replay onto the live tables")
+    for name in catalog:
+        table = catalog.table_of(catalog.get(name)).name
+        try:
+            check_identifier(table + suffix, "replay table name")
+        except oplog.InvalidParameterError as exc:
+            _fail(EXIT_USAGE, f"--suffix {suffix!r} is too long: {exc}")
+
+
+def _replay_entry(replayer: oplog.Replayer, entry: Entry, catalog: oplog.TypeCatalog) -> None:
+    """Replays one entry; a failure exits with its code and a line naming the entry."""
+    try:
+        replayer.apply_entry(entry, catalog)
+    except oplog.UnknownTypeError as exc:
+        _fail(EXIT_TYPES, f"{exc} (the --types catalog)")
+    except oplog.SchemaError as exc:
+        _fail(EXIT_SCHEMA, f"{exc}: are the tables on the search path? (--search-path)")
+    except (oplog.DecodeError, oplog.InvalidParameterError) as exc:
+        _fail(EXIT_VERIFY, f"cannot replay {exc}")
+    except psycopg.errors.UndefinedTable as exc:
+        _fail(
+            EXIT_SCHEMA,
+            f"entry {entry.id}: {exc.diag.message_primary}: are the tables on the search path?"
+            " (--search-path)",
+        )
+    except psycopg.IntegrityError as exc:
+        _fail(
+            EXIT_VERIFY,
+            f"entry {entry.id} does not replay into {exc.diag.table_name}:"
+            f" {exc.diag.message_primary} (a replay already there? continue it with --after)",
+        )
+    except psycopg.DataError as exc:
+        _fail(EXIT_VERIFY, f"entry {entry.id} does not replay: {exc.diag.message_primary}")
+
+
 def cmd_replay(ctx: Context) -> int:
     """Replays every entry (after --after) into <table><suffix> tables and commits."""
     catalog = ctx.catalog()
     if catalog is None:
         _fail(EXIT_USAGE, "replay needs --types to know the message types and tables")
+    _check_suffix(catalog, ctx.args.suffix)
     with ctx.connect() as conn:
         ctx.migrated(conn)
         log = oplog.Oplog(ctx.wrapper(), catalog)
         replayer = oplog.Replayer(oplog.Writer(conn, catalog), ctx.args.suffix)
         progress = Progress("replay", _count(conn))
         count = 0
-        try:
-            with conn.transaction():
-                for entry in log.read(conn, after_id=ctx.args.after):
-                    replayer.apply(entry.unmarshal_data(catalog))
-                    count += 1
-                    progress.step()
-        except oplog.DecryptError as exc:
-            _fail(EXIT_KEY, f"an entry does not decrypt: {exc}")
+        with conn.transaction():
+            for entry in log.read(conn, after_id=ctx.args.after):
+                _replay_entry(replayer, entry, catalog)
+                count += 1
+                progress.step()
     if ctx.json:
         ctx.out.write(json.dumps({"replayed": count, "suffix": ctx.args.suffix}) + "\n")
     else:
@@ -546,8 +613,10 @@ def cmd_replicate(ctx: Context) -> int:
 
     source_dsn = ctx.args.source or ctx.dsn()
     with (
-        ctx.connect_to(source_dsn, autocommit=True) as source,
-        ctx.connect_to(ctx.args.target) as target,
+        ctx.connect_to(
+            source_dsn, "--from" if ctx.args.source else ctx.dsn_source(), autocommit=True
+        ) as source,
+        ctx.connect_to(ctx.args.target, "--to") as target,
     ):
         ctx.tailable(source)
         ctx.tailable(target)
@@ -558,12 +627,19 @@ def cmd_replicate(ctx: Context) -> int:
                 poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
                 follow=not ctx.args.once, on_commit=committed,
             )  # fmt: skip
-        except (
-            oplog.InvalidParameterError,
-            psycopg.errors.UndefinedTable,
-            psycopg.IntegrityError,
-        ) as exc:
-            _fail(EXIT_VERIFY, f"cannot apply an entry to the target: {exc}")
+        except oplog.UnknownTypeError as exc:
+            _fail(EXIT_TYPES, f"{exc} (the --types catalog)")
+        except oplog.SchemaError as exc:
+            _fail(EXIT_SCHEMA, f"the target: {exc} (--search-path?)")
+        except (oplog.DecodeError, oplog.InvalidParameterError) as exc:
+            _fail(EXIT_VERIFY, f"cannot apply {exc}")
+        except psycopg.errors.UndefinedTable as exc:
+            _fail(
+                EXIT_SCHEMA,
+                f"the target lacks a table: {exc.diag.message_primary} (--search-path?)",
+            )
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:
+            _fail(EXIT_VERIFY, f"cannot apply an entry to the target: {_first_line(exc)}")
         with target.transaction():
             position = oplog.Consumer(ctx.args.consumer).position(target)
     result = {"applied": total, "consumer": ctx.args.consumer, "checkpoint": str(position)}
@@ -659,19 +735,61 @@ def cmd_server(ctx: Context) -> int:
 # --- parser -------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one ``oplog: ...`` line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"oplog: {message} (see {self.prog} --help)\n")
+
+
+def _count_arg(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text}")
+    return value
+
+
+def _text_arg(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oplog`` command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--dsn", help="PostgreSQL connection string (default: $OPLOG_DSN)")
     common.add_argument("--data-dir", help="embedded server data directory")
     common.add_argument("--key-file", help="key file (default: $OPLOG_KEY_FILE)")
+    common.add_argument(
+        "--strict-perms",
+        action="store_true",
+        help="refuse a key file that its group or others can read (default: warn)",
+    )
     common.add_argument("--types", help="package.module:catalog naming a TypeCatalog")
     common.add_argument("--json", action="store_true", help="one JSON object per line")
     common.add_argument(
         "--search-path", help="schemas to find tables in, e.g. oplog_demo,public (for the demo's)"
     )
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="oplog",
         description="Inspect, verify and replay an oplog.",
         epilog=(
@@ -694,33 +812,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=int, help="stop at this version")
     p = add("ls", cmd_ls, "list entries")
     p.add_argument("--aggregate", help="only this aggregate")
-    p.add_argument("--after", type=int, default=0, help="only ids after this one")
-    p.add_argument("--limit", type=int, help="at most this many")
+    p.add_argument("--after", type=_count_arg(0), default=0, help="only ids after this one")
+    p.add_argument("--limit", type=_count_arg(0), help="at most this many")
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata filter")
     p = add("show", cmd_show, "show one entry")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_count_arg(1))
     p = add("verify", cmd_verify, "decrypt and decode every entry")
     p.add_argument("--replay", action="store_true", help="also replay and compare tables")
     p = add("replay", cmd_replay, "replay entries into suffix tables")
     p.add_argument("--suffix", default="_replay", help="table name suffix (default _replay)")
-    p.add_argument("--after", type=int, default=0, help="only entries after this id")
+    p.add_argument("--after", type=_count_arg(0), default=0, help="only entries after this id")
     add("stats", cmd_stats, "entries per aggregate, key ids, tickets")
     p = add("tail", cmd_tail, "print entries in commit order, with checkpoints")
     p.add_argument("--after", metavar="CHECKPOINT", help="continue after this checkpoint")
     p.add_argument("--from-end", action="store_true", help="only entries committed from now on")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
-    p.add_argument("--channel", help="also wake up on NOTIFY on this channel")
+    p.add_argument("--poll-interval", type=_seconds_arg, default=1.0, help="seconds between polls")
+    p.add_argument("--channel", type=_text_arg, help="also wake up on NOTIFY on this channel")
     p = add("replicate", cmd_replicate, "apply the log's entries to another database")
     p.add_argument("--from", dest="source", metavar="DSN", help="source (default: --dsn)")
     p.add_argument("--to", dest="target", metavar="DSN", required=True, help="target database")
     p.add_argument("--consumer", default="replica", help="position name in the target")
     p.add_argument("--once", action="store_true", help="stop when caught up")
-    p.add_argument("--batch-size", type=int, default=500, help="entries per transaction")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
-    p.add_argument("--channel", help="also wake up on NOTIFY on this channel")
+    p.add_argument("--batch-size", type=_count_arg(1), default=500, help="entries per transaction")
+    p.add_argument("--poll-interval", type=_seconds_arg, default=1.0, help="seconds between polls")
+    p.add_argument("--channel", type=_text_arg, help="also wake up on NOTIFY on this channel")
     p = add("keygen", cmd_keygen, "create a key file or add a primary key")
-    p.add_argument("--key-id", help="id of the new key (default: random)")
+    p.add_argument("--key-id", type=_text_arg, help="id of the new key (default: random)")
     p.add_argument("--add", action="store_true", help="add to an existing file (rotation)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p = add("server", cmd_server, "status or stop of the embedded server")
@@ -728,22 +846,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """Shows the library's warnings (a loose key file) as ``oplog: warning: ...`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"oplog: warning: {record.getMessage()}\n")
+
+
+def _not_utf8(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``oplog`` command; returns its exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    bad = _not_utf8(arguments)
+    if bad is not None:
+        shown = bad.encode("utf-8", "backslashreplace").decode()
+        sys.stderr.write(f"oplog: argument {shown!r} is not valid UTF-8\n")
+        return EXIT_USAGE
+    args = build_parser().parse_args(arguments)
     ctx = Context(args)
+    library = logging.getLogger("oplog")
+    handler = _StderrHandler(logging.WARNING)
+    library.addHandler(handler)
     try:
         code: int = args.run(ctx)
         return code
     except CommandError as exc:
         sys.stderr.write(f"oplog: {exc}\n")
         return exc.code
-    except oplog.DecryptError as exc:
+    except (oplog.DecryptError, keyfile.KeyFileError) as exc:
         sys.stderr.write(f"oplog: {exc}\n")
         return EXIT_KEY
+    except oplog.SchemaError as exc:
+        sys.stderr.write(f"oplog: {exc}\n")
+        return EXIT_SCHEMA
+    except oplog.InvalidParameterError as exc:
+        sys.stderr.write(f"oplog: {exc}\n")
+        return EXIT_USAGE
+    except oplog.UnknownTypeError as exc:
+        sys.stderr.write(f"oplog: {exc} (the --types catalog)\n")
+        return EXIT_TYPES
+    except oplog.OplogError as exc:
+        sys.stderr.write(f"oplog: {exc}\n")
+        return EXIT_VERIFY
     except psycopg.OperationalError as exc:
-        sys.stderr.write(f"oplog: database error: {str(exc).strip().splitlines()[0]}\n")
+        sys.stderr.write(f"oplog: database error: {_first_line(exc)}\n")
         return EXIT_DB
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        sys.stderr.write(f"oplog: the database lacks what oplog needs: {_first_line(exc)}\n")
+        return EXIT_SCHEMA
     except BrokenPipeError:
         # The reader went away (`oplog tail | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -757,6 +915,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         sys.stderr.write(f"oplog: unexpected error (a bug; please report it): {exc!r}\n")
         return EXIT_UNEXPECTED
+    finally:
+        library.removeHandler(handler)
 
 
 if __name__ == "__main__":

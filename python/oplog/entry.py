@@ -8,7 +8,7 @@ from typing import Any
 
 from oplog._db import execute
 from oplog.catalog import TypeCatalog
-from oplog.errors import InvalidParameterError, TicketConflictError
+from oplog.errors import DecryptError, InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
 from oplog.queue import Queue, Version
 from oplog.replay import Replayer
@@ -340,7 +340,7 @@ def entries_from_rows(
     and their ``(entry_id, key, value)`` metadata rows, decrypted with `wrapper`.
 
     Raises:
-        DecryptError: An entry does not decrypt with `wrapper`.
+        DecryptError: An entry does not decrypt with `wrapper` (the message names it).
     """
     by_entry = group_metadata(metadata)
     out = []
@@ -349,6 +349,9 @@ def entries_from_rows(
             id=id_, create_time=create_time, version=version, aggregate_name=name,
             data=bytes(data), key_id=key_id, metadata=by_entry.get(id_, {}), wrapper=wrapper,
         )  # fmt: skip
-        entry.decrypt_data()
+        try:
+            entry.decrypt_data()
+        except DecryptError as exc:
+            raise DecryptError(f"entry {id_} does not decrypt: {exc}") from exc
         out.append(entry)
     return out

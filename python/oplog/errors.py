@@ -4,6 +4,8 @@
 
     OplogError(Exception)
      ├─ InvalidParameterError(OplogError, ValueError)   bad arguments; nothing written
+     │   └─ SchemaError                                 the database lacks a table (or an oplog
+     │                                                  migration) the call needs
      ├─ DecodeError(OplogError, ValueError)             malformed queue / envelope / blob
      ├─ UnknownTypeError(OplogError, KeyError)          type name or class not in the catalog
      ├─ DecryptError(OplogError)                        authentication failed, unknown key id, ...
@@ -22,6 +24,7 @@ __all__ = [
     "DecryptError",
     "InvalidParameterError",
     "OplogError",
+    "SchemaError",
     "TicketAlreadyRedeemedError",
     "TicketConflictError",
     "TicketNotFoundError",
@@ -35,6 +38,11 @@ class OplogError(Exception):
 
 class InvalidParameterError(OplogError, ValueError):
     """An argument is invalid; nothing was written or changed."""
+
+
+class SchemaError(InvalidParameterError):
+    """The database lacks a table or column the call needs: an oplog migration not applied
+    (``oplog.migrate``), or a replayed table not on the connection's search_path."""
 
 
 class DecodeError(OplogError, ValueError):

@@ -583,7 +583,7 @@ class Oplog(OplogBase):
         replayer = Replayer(Writer(conn, self.catalog), table_suffix)
         count = 0
         for entry in self.read(conn, after_id=after_id):
-            replayer.apply(entry.unmarshal_data(self.catalog))
+            replayer.apply_entry(entry, self.catalog)
             count += 1
         return count
 
@@ -680,7 +680,7 @@ class Oplog(OplogBase):
         catalog = self.catalog
 
         def replay(conn: psycopg.Connection[Any], entry: Entry) -> None:
-            Replayer(Writer(conn, catalog), "").apply(entry.unmarshal_data(catalog))
+            Replayer(Writer(conn, catalog), "").apply_entry(entry, catalog)
 
         return self.consume(source, target, consumer, replay, **options)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from google.protobuf.message import Message
@@ -16,9 +16,13 @@ from psycopg import sql
 
 from oplog._db import execute
 from oplog.catalog import check_identifier
-from oplog.errors import InvalidParameterError
+from oplog.errors import DecodeError, InvalidParameterError, UnknownTypeError
 from oplog.operation import Operation, OpType
 from oplog.writer import Writer
+
+if TYPE_CHECKING:
+    from oplog.catalog import TypeCatalog
+    from oplog.entry import Entry
 
 __all__ = ["Replayer", "tables_equal"]
 
@@ -59,6 +63,19 @@ class Replayer:
                 self._writer.create_table_like(table, target)
             self._ready.add(target)
         return target
+
+    def apply_entry(self, entry: Entry, catalog: TypeCatalog) -> int:
+        """Decodes a (decrypted) entry with `catalog` and applies its operations; returns how
+        many were applied.
+
+        Raises:
+            DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply` and
+                :meth:`oplog.Entry.unmarshal_data`, their message starting with the entry's id.
+        """
+        try:
+            return self.apply(entry.unmarshal_data(catalog))
+        except (DecodeError, UnknownTypeError, InvalidParameterError) as exc:
+            raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
 
     def apply(self, operations: Iterable[Operation]) -> int:
         """Applies `operations` in order; returns how many were applied.

@@ -41,7 +41,7 @@ from psycopg.pq import TransactionStatus
 
 from oplog._db import execute
 from oplog.entry import Entry, entries_from_rows
-from oplog.errors import InvalidParameterError, OplogError
+from oplog.errors import InvalidParameterError, OplogError, SchemaError
 from oplog.wrapping import Wrapper
 
 __all__ = [
@@ -282,7 +282,7 @@ def needs_migration_2() -> Iterator[None]:
     try:
         yield
     except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
-        raise InvalidParameterError(
+        raise SchemaError(
             "the database lacks oplog migration 2 (entry transaction ids, consumer positions):"
             f" apply it with oplog.migrate ({exc.diag.message_primary})"
         ) from exc

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from oplog._db import cursor, execute
 from oplog.catalog import Table, TypeCatalog, check_identifier
-from oplog.errors import InvalidParameterError
+from oplog.errors import InvalidParameterError, SchemaError
 from oplog.operation import Operation, OperationOptions, OpType
 
 __all__ = ["Writer"]
@@ -535,7 +535,7 @@ class Writer:
         """
         schema = self._schema_of(existing)
         if schema is None:
-            raise InvalidParameterError(f"no table {existing!r} on the search_path")
+            raise SchemaError(f"no table {existing!r} on the search_path")
         execute(
             self._conn,
             sql.SQL("create table {} (like {} including all)").format(
