@@ -304,7 +304,6 @@ def test_batch_xact_id_check_alternating(
     xact_id) against the same on a second database at migration 2, alternating call by call
     (see _alternating): the ratio is the check's cost (1.00x = none)."""
     benchmark.group = "5. batch of 1000 entries: cost of migrations 2 and 3"
-    benchmark.extra_info["entries"] = BATCH
     log = oplog.Oplog(WRAPPER, CATALOG)
     items = _batch_items()
     with psycopg.connect(bench_dsn, autocommit=True) as admin:
