@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
@@ -87,3 +91,32 @@ def bench_dsn(bench_server: Server, request: pytest.FixtureRequest) -> Iterator[
     yield dsn
     with psycopg.connect(bench_server.dsn, autocommit=True) as admin:
         admin.execute(f"drop database if exists {name} with (force)")
+
+
+def alternating(
+    benchmark: BenchmarkFixture,
+    candidate: Callable[[], object],
+    baseline: Callable[[], object],
+    pairs: int,
+) -> None:
+    """Times `candidate` and `baseline` call by call, alternating (in a random order within each
+    pair), and records median(baseline) / median(candidate) as ``extra_info["paired_ratio"]``:
+    load that comes and goes on a shared machine then falls on both alike, where the separate
+    benchmarks of a group run minutes apart."""
+    rng = random.Random(0)
+    times: dict[str, list[float]] = {"candidate": [], "baseline": []}
+
+    def run() -> None:
+        for _ in range(pairs):
+            order = [("candidate", candidate), ("baseline", baseline)]
+            rng.shuffle(order)
+            for name, call in order:
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+
+    rounds = 5 if not benchmark.disabled else 1
+    benchmark.pedantic(run, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+    ratio = statistics.median(times["baseline"]) / statistics.median(times["candidate"])
+    benchmark.extra_info["paired_ratio"] = round(ratio, 3)
+    benchmark.extra_info["pairs"] = len(times["candidate"])

@@ -9,9 +9,6 @@ with a pre-encrypted blob); `make bench` reports medians and ratios. Throughput 
 from __future__ import annotations
 
 import multiprocessing
-import random
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
+from benches.conftest import alternating
 from oplog.log import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import workers
@@ -149,35 +147,6 @@ def _batch_bare_params() -> tuple[Any, ...]:
     return ("users", "users", WRAPPER.key_id, blobs, ["source", "host"], ["bench", "bench-1"])
 
 
-def _alternating(
-    benchmark: BenchmarkFixture,
-    candidate: Callable[[], object],
-    baseline: Callable[[], object],
-    pairs: int,
-) -> None:
-    """Times `candidate` and `baseline` call by call, alternating (in a random order within each
-    pair), and records median(baseline) / median(candidate) as ``extra_info["paired_ratio"]``:
-    load that comes and goes on a shared machine then falls on both alike, where the separate
-    benchmarks of a group run minutes apart."""
-    rng = random.Random(0)
-    times: dict[str, list[float]] = {"candidate": [], "baseline": []}
-
-    def run() -> None:
-        for _ in range(pairs):
-            order = [("candidate", candidate), ("baseline", baseline)]
-            rng.shuffle(order)
-            for name, call in order:
-                start = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - start)
-
-    rounds = 5 if not benchmark.disabled else 1
-    benchmark.pedantic(run, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
-    ratio = statistics.median(times["baseline"]) / statistics.median(times["candidate"])
-    benchmark.extra_info["paired_ratio"] = round(ratio, 3)
-    benchmark.extra_info["pairs"] = len(times["candidate"])
-
-
 # --- 1. one entry per transaction ---------------------------------------------------------------
 
 
@@ -198,13 +167,13 @@ def test_single_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any])
 def test_single_oplog_alternating(
     benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]
 ) -> None:
-    """Oplog.write and the bare statement, alternating call by call (see _alternating)."""
+    """Oplog.write and the bare statement, alternating call by call (see conftest.alternating)."""
     benchmark.group = "1. one entry per transaction"
     log = oplog.Oplog(WRAPPER, CATALOG)
     op = _op(1)
     params = _single_bare_params()
     pairs = 400 if not benchmark.disabled else 2
-    _alternating(
+    alternating(
         benchmark,
         lambda: log.write(conn, "users", [op], METADATA),
         lambda: conn.execute(_BARE_ONE, params),
@@ -222,7 +191,7 @@ def test_single_oplog_alternating_eventsourcing(
     op = _op(1)
     save = _es_save_one(bench_dsn, "pycryptodome")
     pairs = 100 if not benchmark.disabled else 1
-    _alternating(benchmark, lambda: log.write(conn, "users", [op], METADATA), save, pairs)
+    alternating(benchmark, lambda: log.write(conn, "users", [op], METADATA), save, pairs)
 
 
 def test_single_eventsourcing(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
@@ -250,13 +219,13 @@ def test_batch_bare(benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]) 
 def test_batch_oplog_alternating(
     benchmark: BenchmarkFixture, conn: psycopg.Connection[Any]
 ) -> None:
-    """Oplog.write_many and the bare batch statement, alternating (see _alternating)."""
+    """Oplog.write_many and the bare batch statement, alternating (see conftest.alternating)."""
     benchmark.group = "2. batch of 1000 entries"
     log = oplog.Oplog(WRAPPER, CATALOG)
     items = _batch_items()
     params = _batch_bare_params()
     pairs = 8 if not benchmark.disabled else 1
-    _alternating(
+    alternating(
         benchmark,
         lambda: log.write_many(conn, items),
         lambda: conn.execute(_BARE_MANY, params),
@@ -268,13 +237,13 @@ def test_batch_oplog_alternating_eventsourcing(
     benchmark: BenchmarkFixture, conn: psycopg.Connection[Any], bench_dsn: str
 ) -> None:
     """Oplog.write_many and eventsourcing (its default pycryptodome cipher) saving 1000 events,
-    alternating (see _alternating): the ratio is how many times faster oplog is."""
+    alternating (see conftest.alternating): the ratio is how many times faster oplog is."""
     benchmark.group = "2. batch of 1000 entries"
     log = oplog.Oplog(WRAPPER, CATALOG)
     items = _batch_items()
     save = _es_save_batch(bench_dsn, "pycryptodome")
     pairs = 4 if not benchmark.disabled else 1
-    _alternating(benchmark, lambda: log.write_many(conn, items), save, pairs)
+    alternating(benchmark, lambda: log.write_many(conn, items), save, pairs)
 
 
 @pytest.mark.parametrize("cipher", sorted(CIPHERS))
@@ -302,7 +271,7 @@ def test_batch_xact_id_check_alternating(
 ) -> None:
     """write_many of 1000 entries with migration 3 (the check that refuses a client-supplied
     xact_id) against the same on a second database at migration 2, alternating call by call
-    (see _alternating): the ratio is the check's cost (1.00x = none)."""
+    (see conftest.alternating): the ratio is the check's cost (1.00x = none)."""
     benchmark.group = "5. batch of 1000 entries: cost of migrations 2 and 3"
     log = oplog.Oplog(WRAPPER, CATALOG)
     items = _batch_items()
@@ -314,7 +283,7 @@ def test_batch_xact_id_check_alternating(
         with psycopg.connect(make_conninfo(bench_dsn, dbname=name), autocommit=True) as before:
             oplog.migrate(before, target=2)
             pairs = 8 if not benchmark.disabled else 1
-            _alternating(
+            alternating(
                 benchmark,
                 lambda: log.write_many(conn, items),
                 lambda: log.write_many(before, items),
