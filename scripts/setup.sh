@@ -31,30 +31,11 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# --- Rust toolchain and crates --------------------------------------------------------------
-command -v cargo >/dev/null || apt_install cargo rustc
-
-# crates.io when it answers; otherwise Debian's packaged crates through source replacement.
-# The replacement lives in a git-ignored .cargo/config.toml, so Cargo.toml stays standard.
-if [ ! -f .cargo/config.toml ]; then
-    if curl -fsS --max-time 5 -o /dev/null https://index.crates.io/config.json 2>/dev/null; then
-        log "crates.io is reachable; using it"
-    else
-        log "crates.io unreachable; using Debian's packaged crates"
-        apt_install librust-pyo3-dev librust-proptest-dev
-        mkdir -p .cargo
-        cat > .cargo/config.toml <<'EOF'
-# Written by scripts/setup.sh: crates.io was unreachable. Delete to use crates.io.
-[source.crates-io]
-replace-with = "debian-packages"
-
-[source.debian-packages]
-directory = "/usr/share/cargo/registry"
-
-[net]
-offline = true
-EOF
-    fi
+# --- Rust toolchain ---------------------------------------------------------------------------
+# The crates (PyO3 and the test dependencies) come from crates.io, pinned by Cargo.lock.
+if ! command -v cargo >/dev/null; then
+    log "no Rust toolchain: install one with rustup (cargo and rustc $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml) or newer)"
+    exit 1
 fi
 
 # --- PostgreSQL server for the test suite ---------------------------------------------------

@@ -42,6 +42,10 @@ pub enum CodecError {
     UpdateWithoutPaths { offset: usize },
     /// An operation handed to the encoder is not valid; nothing of the batch was encoded.
     InvalidOperation { index: usize, reason: String },
+    /// An array has more elements than a PostgreSQL array can hold (`i32::MAX`).
+    ArrayTooLong { len: usize },
+    /// An array element is larger than a PostgreSQL value can be (its length is an `i32`).
+    ElementTooLarge { index: usize, len: usize },
 }
 
 /// Result alias used across the codec.
@@ -60,7 +64,9 @@ impl CodecError {
             | CodecError::InvalidUtf8 { offset, .. }
             | CodecError::UnknownOpType { offset, .. }
             | CodecError::UpdateWithoutPaths { offset } => Some(offset),
-            CodecError::InvalidOperation { .. } => None,
+            CodecError::InvalidOperation { .. }
+            | CodecError::ArrayTooLong { .. }
+            | CodecError::ElementTooLarge { .. } => None,
         }
     }
 }
@@ -110,6 +116,15 @@ impl fmt::Display for CodecError {
                 "UPDATE operation at offset {offset} has neither field-mask nor set-to-null paths"
             ),
             InvalidOperation { index, reason } => write!(f, "operation {index}: {reason}"),
+            ArrayTooLong { len } => write!(
+                f,
+                "an array of {len} elements is longer than a PostgreSQL array can be ({})",
+                i32::MAX
+            ),
+            ElementTooLarge { index, len } => write!(
+                f,
+                "array element {index} is {len} bytes, larger than a PostgreSQL value can be"
+            ),
         }
     }
 }

@@ -11,10 +11,7 @@ pub const BYTEA_OID: u32 = 17;
 pub const INT8_OID: u32 = 20;
 
 fn header(out: &mut Vec<u8>, has_null: bool, oid: u32, len: usize) -> Result<()> {
-    let len = i32::try_from(len).map_err(|_| CodecError::InvalidOperation {
-        index: 0,
-        reason: format!("an array of {len} elements is larger than PostgreSQL allows"),
-    })?;
+    let len = i32::try_from(len).map_err(|_| CodecError::ArrayTooLong { len })?;
     out.extend_from_slice(&1i32.to_be_bytes());
     out.extend_from_slice(&i32::from(has_null).to_be_bytes());
     out.extend_from_slice(&oid.to_be_bytes());
@@ -24,6 +21,10 @@ fn header(out: &mut Vec<u8>, has_null: bool, oid: u32, len: usize) -> Result<()>
 }
 
 /// A one-dimensional array of variable-length elements (`text` or `bytea`); `None` is NULL.
+///
+/// # Errors
+/// [`CodecError::ArrayTooLong`] beyond `i32::MAX` elements, [`CodecError::ElementTooLarge`] for
+/// an element of 2 GiB or more.
 pub fn pack_varlena(oid: u32, items: &[Option<&[u8]>]) -> Result<Vec<u8>> {
     let payload: usize = items.iter().map(|i| 4 + i.map_or(0, <[u8]>::len)).sum();
     let mut out = Vec::with_capacity(20 + payload);
@@ -37,9 +38,9 @@ pub fn pack_varlena(oid: u32, items: &[Option<&[u8]>]) -> Result<Vec<u8>> {
         match item {
             None => out.extend_from_slice(&(-1i32).to_be_bytes()),
             Some(bytes) => {
-                let len = i32::try_from(bytes.len()).map_err(|_| CodecError::InvalidOperation {
+                let len = i32::try_from(bytes.len()).map_err(|_| CodecError::ElementTooLarge {
                     index,
-                    reason: "an array element is larger than 2 GiB".into(),
+                    len: bytes.len(),
                 })?;
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(bytes);
@@ -87,6 +88,22 @@ mod tests {
         assert_eq!(&packed[8..12], &20u32.to_be_bytes());
         assert_eq!(&packed[20..24], &8i32.to_be_bytes());
         assert_eq!(&packed[24..], &(-2i64).to_be_bytes());
+    }
+
+    #[test]
+    fn an_over_long_array_has_its_own_error() {
+        let mut out = Vec::new();
+        let err = header(&mut out, false, TEXT_OID, i32::MAX as usize + 1).unwrap_err();
+        assert_eq!(
+            err,
+            CodecError::ArrayTooLong {
+                len: i32::MAX as usize + 1
+            }
+        );
+        assert!(err
+            .to_string()
+            .contains("longer than a PostgreSQL array can be"));
+        assert!(out.is_empty());
     }
 
     #[test]

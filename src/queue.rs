@@ -181,7 +181,7 @@ mod tests {
         let good = out.len();
         for extra in 1..4 {
             let mut data = out.clone();
-            data.extend(std::iter::repeat(0).take(extra));
+            data.extend(std::iter::repeat_n(0, extra));
             assert_eq!(
                 decode(&data, 0, usize::MAX).unwrap_err(),
                 CodecError::TruncatedLength {

@@ -108,7 +108,7 @@ impl<'a> Reader<'a> {
 pub fn varint_len(value: u64) -> usize {
     // ceil(significant bits / 7), with 0 taking one byte.
     let bits = 64 - (value | 1).leading_zeros() as usize;
-    (bits + 6) / 7
+    bits.div_ceil(7)
 }
 
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {

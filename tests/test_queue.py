@@ -345,3 +345,19 @@ def test_repeated_options_decode_in_linear_time() -> None:
     times = [_best_decode_seconds(_repeated_options_queue(n)) for n in sizes]
     assert len(_repeated_options_queue(sizes[-1])) > 1_600_000
     assert times[-1] / times[0] < 25, times
+
+
+def test_a_message_class_instead_of_an_instance_is_an_invalid_parameter() -> None:
+    """Queue.add and extend name a message class passed where an instance belongs (it used to
+    raise TypeError from inside SerializeToString)."""
+    queue = oplog.Queue()
+    with pytest.raises(oplog.InvalidParameterError, match="the class .*TestUser"):
+        queue.add(TestUser, "user", oplog.OpType.CREATE)  # type: ignore[arg-type]
+    with pytest.raises(oplog.InvalidParameterError, match="operation 1: .*the class"):
+        queue.extend(
+            [
+                oplog.Operation(TestUser(), "user", oplog.OpType.CREATE),
+                oplog.Operation(TestUser, "user", oplog.OpType.CREATE),  # type: ignore[arg-type]
+            ]
+        )
+    assert queue.nbytes == 0

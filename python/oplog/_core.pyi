@@ -1,9 +1,20 @@
 """The Rust codec of the oplog queue. Private: use ``oplog.Queue``."""
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, final
 
-__all__ = ["decode_operations", "encode_operations", "pack_array", "pack_int8_array"]
+from typing_extensions import Self
+
+from oplog.operation import Operation
+
+__all__ = [
+    "QueueWriter",
+    "decode_operations",
+    "decode_queue",
+    "encode_operations",
+    "pack_array",
+    "pack_int8_array",
+]
 
 _RawOperation = tuple[
     str, bytes | memoryview, int, tuple[str, ...], tuple[str, ...], bytes | None, int
@@ -17,13 +28,56 @@ def encode_operations(operations: Iterable[tuple[Any, ...]], version: str) -> by
     batch is validated before anything is encoded.
 
     Raises:
-        oplog.InvalidParameterError: An operation is invalid, or the version is unknown.
+        oplog.InvalidParameterError: An operation is invalid (including a str that is not valid
+            UTF-8, and options that are not an ``oplog.OperationOptions``), or the version is
+            unknown.
     """
+
+@final
+class QueueWriter:
+    """The encoding side of a queue: operations appended to a buffer, taken out as bytes. Each
+    call validates what it is given and appends all of it or nothing."""
+
+    def __new__(cls, version: str) -> Self:
+        """A writer of the ``"v1"`` or ``"v2"`` format.
+
+        Raises:
+            oplog.InvalidParameterError: The version is unknown.
+        """
+
+    def add(
+        self,
+        message: Any,
+        type_name: Any,
+        op_type: Any,
+        field_mask: Any,
+        null_paths: Any,
+        options: Any,
+    ) -> None:
+        """Appends one operation given by its parts (what ``Queue.add`` takes).
+
+        Raises:
+            oplog.InvalidParameterError: As :func:`encode_operations`.
+        """
+
+    def extend(self, operations: Iterable[tuple[Any, ...]]) -> None:
+        """Appends a batch of ``oplog.Operation``.
+
+        Raises:
+            oplog.InvalidParameterError: As :func:`encode_operations`.
+        """
+
+    def take(self) -> bytes:
+        """The bytes appended so far; the buffer is emptied."""
+
+    def __len__(self) -> int:
+        """How many bytes are buffered."""
 
 def decode_operations(
     data: bytes, start: int, limit: int | None
 ) -> tuple[list[_RawOperation], int]:
-    """Decodes up to ``limit`` frames of ``data`` from offset ``start``.
+    """Decodes up to ``limit`` frames of ``data`` from offset ``start``, without parsing the
+    messages.
 
     Values of 64 KiB or more are memoryview slices of ``data``; smaller ones are copies.
 
@@ -34,11 +88,34 @@ def decode_operations(
         oplog.DecodeError: The queue is malformed; ``offset`` says where.
     """
 
+def decode_queue(
+    data: bytes,
+    start: int,
+    limit: int | None,
+    parsers: dict[str, Callable[[Any], Any]],
+) -> tuple[list[Operation], int]:
+    """Decodes up to ``limit`` frames of ``data`` from offset ``start`` into ``oplog.Operation``
+    objects, parsing each message with ``parsers[type_name]``.
+
+    Every frame is unframed and every type name checked before the first message is parsed;
+    nothing is returned unless every operation decodes. Values of 64 KiB or more reach the
+    parser as memoryview slices of ``data``.
+
+    Returns:
+        The operations and the offset after the last frame decoded.
+
+    Raises:
+        oplog.DecodeError: The queue is malformed, or a message does not parse as its type
+            (``offset`` is its frame's).
+        oplog.UnknownTypeError: A type name is not in ``parsers``.
+    """
+
 def pack_array(items: Iterable[str | bytes | None], bytea: bool) -> bytes:
     """A PostgreSQL binary ``text[]`` (or, with ``bytea``, ``bytea[]``) of ``items``.
 
     Raises:
-        oplog.InvalidParameterError: An element is not str, bytes or None.
+        oplog.InvalidParameterError: An element is not str, bytes or None, or is a str that is
+            not valid UTF-8; the array or an element is too large for PostgreSQL.
     """
 
 def pack_int8_array(items: list[int]) -> bytes:

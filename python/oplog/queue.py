@@ -5,55 +5,52 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
-from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
 from oplog import _core
 from oplog.catalog import TypeCatalog
-from oplog.errors import DecodeError, InvalidParameterError, UnknownTypeError
+from oplog.errors import InvalidParameterError, UnknownTypeError
 from oplog.operation import Operation, OperationOptions, OpType
 
-__all__ = ["Queue", "check_classes"]
+__all__ = ["Queue", "check_class", "check_classes"]
 
 Version = Literal["v1", "v2"]
 
-_OP_TYPES = tuple(OpType)
-_new_operation = tuple.__new__
-_parse_options = OperationOptions.FromString
+
+def check_class(catalog: TypeCatalog, message: object, type_name: object, index: int) -> None:
+    """Checks that `message` is an instance of exactly the class `type_name` is registered for
+    in `catalog` (a message of another class would be stored under the wrong name and read
+    back garbled).
+
+    Raises:
+        InvalidParameterError: The message is of another class (or is a class).
+        UnknownTypeError: The type name is not in the catalog.
+    """
+    cls = catalog._classes.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise UnknownTypeError(f"type name {type_name!r} is not in the catalog")
+    if type(message) is not cls:
+        got = message.__qualname__ if isinstance(message, type) else type(message).__qualname__
+        what = "the class " if isinstance(message, type) else ""
+        raise InvalidParameterError(
+            f"operation {index}: type name {type_name!r} is registered for "
+            f"{cls.__qualname__}, not {what}{got}"
+        )
 
 
 def check_classes(catalog: TypeCatalog, batch: Sequence[Operation]) -> None:
-    """Checks that each operation's message is an instance of exactly the class its type name
-    is registered for in `catalog` (a message of another class would be stored under the
-    wrong name and read back garbled).
+    """:func:`check_class` for each operation of a batch.
 
     Raises:
         InvalidParameterError: An item is not an Operation, or its message is of another class.
         UnknownTypeError: A type name is not in the catalog.
     """
-    classes = catalog._classes
     for index, op in enumerate(batch):
         if not (isinstance(op, tuple) and len(op) == 6):
             raise InvalidParameterError(
                 f"operation {index}: expected an oplog.Operation, not {type(op).__name__}"
             )
-        message, type_name = op[0], op[1]
-        cls = classes.get(type_name) if isinstance(type_name, str) else None
-        if cls is None:
-            raise UnknownTypeError(f"type name {type_name!r} is not in the catalog")
-        if type(message) is not cls:
-            got = message.__qualname__ if isinstance(message, type) else type(message).__qualname__
-            what = "the class " if isinstance(message, type) else ""
-            raise InvalidParameterError(
-                f"operation {index}: type name {type_name!r} is registered for "
-                f"{cls.__qualname__}, not {what}{got}"
-            )
-
-
-def _paths(paths: Iterable[str], what: str) -> tuple[str, ...]:
-    if isinstance(paths, str):
-        raise InvalidParameterError(f"{what} must be a sequence of str, not a str")
-    return tuple(paths)
+        check_class(catalog, op[0], op[1], index)
 
 
 class Queue:
@@ -75,6 +72,8 @@ class Queue:
 
     __slots__ = ("_catalog", "_data", "_pending", "_pos", "_version")
 
+    _pending: _core.QueueWriter
+
     def __init__(
         self,
         data: bytes | bytearray | memoryview = b"",
@@ -88,7 +87,7 @@ class Queue:
         self._version: Version = version
         self._data = bytes(data)
         self._pos = 0
-        self._pending: list[bytes] = []
+        self._pending = _core.QueueWriter(version)
 
     @property
     def version(self) -> Version:
@@ -111,15 +110,9 @@ class Queue:
             InvalidParameterError: The operation is invalid (see :meth:`extend`); nothing is added.
             UnknownTypeError: The queue has a catalog and `type_name` is not in it.
         """
-        operation = Operation(
-            message,
-            type_name,
-            op_type,
-            _paths(field_mask, "field_mask"),
-            _paths(null_paths, "null_paths"),
-            options,
-        )
-        self.extend((operation,))
+        if self._catalog is not None:
+            check_class(self._catalog, message, type_name, 0)
+        self._pending.add(message, type_name, op_type, field_mask, null_paths, options)
 
     def extend(self, operations: Iterable[Operation]) -> None:
         """Appends operations in order, encoding all of them in one call into the Rust core.
@@ -135,13 +128,13 @@ class Queue:
         batch = operations if isinstance(operations, (list, tuple)) else list(operations)
         if self._catalog is not None:
             check_classes(self._catalog, batch)
-        self._pending.append(_core.encode_operations(batch, self._version))
+        self._pending.extend(batch)
 
     def _consolidate(self) -> bytes:
-        if self._pending:
-            self._data = b"".join((self._data[self._pos :], *self._pending))
+        if len(self._pending):
+            new = self._pending.take()
+            self._data = self._data[self._pos :] + new if self._data else new
             self._pos = 0
-            self._pending.clear()
         return self._data
 
     def __bytes__(self) -> bytes:
@@ -152,7 +145,7 @@ class Queue:
     @property
     def nbytes(self) -> int:
         """How many encoded bytes are not yet removed."""
-        return len(self._data) - self._pos + sum(map(len, self._pending))
+        return len(self._data) - self._pos + len(self._pending)
 
     def _decoder(self) -> TypeCatalog:
         if self._catalog is None:
@@ -169,53 +162,29 @@ class Queue:
         """
         catalog = self._decoder()
         data = self._consolidate()
-        raw, end = _core.decode_operations(data, self._pos, 1)
-        if not raw:
+        operations, end = _core.decode_queue(data, self._pos, 1, catalog._parsers)
+        if not operations:
             return None
-        operation = next(_build(raw, catalog))
         self._pos = end
-        return operation
+        return operations[0]
 
     def __iter__(self) -> Iterator[Operation]:
         """Removes and yields every operation, in order.
 
-        The whole queue is unframed (and its type names checked) before the first operation is
-        yielded, so a malformed queue raises before anything is consumed. Messages are parsed
-        as they are yielded.
+        The whole queue is decoded (unframed, its type names checked, its messages parsed by
+        the Rust core with the catalog's parsers) before the first operation is yielded, so a
+        malformed queue raises before anything is consumed.
 
         Raises:
             InvalidParameterError: The queue has no catalog.
-            DecodeError: The queue is malformed.
+            DecodeError: The queue is malformed, or a message does not parse as its type.
             UnknownTypeError: A type name is not in the catalog.
         """
         catalog = self._decoder()
         data = self._consolidate()
-        raw, end = _core.decode_operations(data, self._pos, None)
-        names = {op[0] for op in raw}
-        for name in names:
-            catalog.get(name)
+        operations, end = _core.decode_queue(data, self._pos, None, catalog._parsers)
         self._pos = end
-        return _build(raw, catalog)
+        return iter(operations)
 
     def __repr__(self) -> str:
         return f"Queue(version={self._version!r}, nbytes={self.nbytes})"
-
-
-def _build(raw: list[_core._RawOperation], catalog: TypeCatalog) -> Iterator[Operation]:
-    """Turns the core's raw tuples into Operations, parsing each message as it goes."""
-    parsers = catalog._parsers
-    for type_name, value, op_type, field_mask, null_paths, options, offset in raw:
-        parse = parsers.get(type_name)
-        if parse is None:
-            raise UnknownTypeError(f"type name {type_name!r} is not in the catalog")
-        try:
-            message = parse(value)
-            opts = None if options is None else _parse_options(options)
-        except ProtobufDecodeError as exc:
-            raise DecodeError(
-                f"frame at offset {offset}: its {type_name!r} message does not parse: {exc}",
-                offset,
-            ) from exc
-        yield _new_operation(
-            Operation, (message, type_name, _OP_TYPES[op_type], field_mask, null_paths, opts)
-        )
