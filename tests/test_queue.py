@@ -351,9 +351,9 @@ def test_a_message_class_instead_of_an_instance_is_an_invalid_parameter() -> Non
     """Queue.add and extend name a message class passed where an instance belongs (it used to
     raise TypeError from inside SerializeToString)."""
     queue = oplog.Queue()
-    with pytest.raises(oplog.InvalidParameterError, match="the class .*TestUser"):
+    with pytest.raises(oplog.InvalidParameterError, match=r"the class .*TestUser"):
         queue.add(TestUser, "user", oplog.OpType.CREATE)  # type: ignore[arg-type]
-    with pytest.raises(oplog.InvalidParameterError, match="operation 1: .*the class"):
+    with pytest.raises(oplog.InvalidParameterError, match=r"operation 1: .*the class"):
         queue.extend(
             [
                 oplog.Operation(TestUser(), "user", oplog.OpType.CREATE),
