@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import json
 import logging
 import math
@@ -479,13 +480,11 @@ def _replay_and_compare(
                 writer.create_table_like(table, table + suffix)
         progress = Progress("replay", total)
         replayer = oplog.Replayer(writer, suffix)
-        for entry in log.read(conn):
-            try:
-                _replay_entry(replayer, entry, catalog)
-            except CommandError as exc:
-                # The replay cannot go on (its transaction is aborted): that entry is the problem.
-                return [{"entry": entry.id, "problem": f"does not replay: {exc}"}]
-            progress.step()
+        try:
+            _replay_pages(conn, log.read(conn), replayer, catalog, progress)
+        except _ReplayFailed as failed:
+            # The replay cannot go on (its transaction is aborted): that entry is the problem.
+            return [{"entry": failed.entry_id, "problem": f"does not replay: {failed.error}"}]
         for table in tables:
             if writer.has_table(table) and not tables_equal(conn, table, table + suffix):
                 problems.append({"table": table, "problem": "replay does not reproduce it"})
@@ -530,6 +529,49 @@ def _replay_entry(replayer: oplog.Replayer, entry: Entry, catalog: oplog.TypeCat
         _fail(EXIT_VERIFY, f"entry {entry.id} does not replay: {exc.diag.message_primary}")
 
 
+class _ReplayFailed(Exception):
+    """A page did not replay; `error` names the entry that does not."""
+
+    def __init__(self, entry_id: int | None, error: CommandError) -> None:
+        super().__init__(str(error))
+        self.entry_id = entry_id
+        self.error = error
+
+
+_REPLAY_PAGE = 500
+
+
+def _replay_pages(
+    conn: psycopg.Connection[Any],
+    entries: Iterator[Entry],
+    replayer: oplog.Replayer,
+    catalog: oplog.TypeCatalog,
+    progress: Progress,
+) -> int:
+    """Replays `entries` in pages, set-based (see ``Replayer.apply_many``), in the caller's
+    transaction; returns how many. A page that fails is rolled back to its savepoint and
+    replayed again one entry at a time, so that the error names the entry.
+
+    Raises:
+        _ReplayFailed: An entry does not replay.
+    """
+    count = 0
+    while page := list(itertools.islice(entries, _REPLAY_PAGE)):
+        try:
+            with conn.transaction():
+                replayer.apply_entries(page, catalog)
+        except (psycopg.Error, oplog.OplogError) as set_based:
+            for entry in page:
+                try:
+                    _replay_entry(replayer, entry, catalog)
+                except CommandError as error:
+                    raise _ReplayFailed(entry.id, error) from None
+            raise set_based  # one by one it replays: report the page's own error
+        count += len(page)
+        progress.step(len(page))
+    return count
+
+
 def cmd_replay(ctx: Context) -> int:
     """Replays every entry (after --after) into <table><suffix> tables and commits."""
     catalog = ctx.catalog()
@@ -541,12 +583,13 @@ def cmd_replay(ctx: Context) -> int:
         log = oplog.Oplog(ctx.wrapper(), catalog)
         replayer = oplog.Replayer(oplog.Writer(conn, catalog), ctx.args.suffix)
         progress = Progress("replay", _count(conn))
-        count = 0
         with conn.transaction():
-            for entry in log.read(conn, after_id=ctx.args.after):
-                _replay_entry(replayer, entry, catalog)
-                count += 1
-                progress.step()
+            try:
+                count = _replay_pages(
+                    conn, log.read(conn, after_id=ctx.args.after), replayer, catalog, progress
+                )
+            except _ReplayFailed as failed:
+                raise failed.error from None
     if ctx.json:
         ctx.out.write(json.dumps({"replayed": count, "suffix": ctx.args.suffix}) + "\n")
     else:
@@ -875,6 +918,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     library = logging.getLogger("oplog")
     handler = _StderrHandler(logging.WARNING)
     library.addHandler(handler)
+    # psycopg logs the cleanup of a failed pipeline ("error ignored terminating ..."); the
+    # command reports the error itself, in one line.
+    quiet = logging.NullHandler()
+    logging.getLogger("psycopg").addHandler(quiet)
     try:
         code: int = args.run(ctx)
         return code
@@ -917,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNEXPECTED
     finally:
         library.removeHandler(handler)
+        logging.getLogger("psycopg").removeHandler(quiet)
 
 
 if __name__ == "__main__":

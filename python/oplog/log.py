@@ -581,10 +581,16 @@ class Oplog(OplogBase):
             The number of entries replayed.
         """
         replayer = Replayer(Writer(conn, self.catalog), table_suffix)
+        pages = _Pages(None, after_id, None)
         count = 0
-        for entry in self.read(conn, after_id=after_id):
-            replayer.apply_entry(entry, self.catalog)
-            count += 1
+        while (params := pages.next_query()) is not None:
+            rows = execute(conn, READ_PAGE, params).fetchall()
+            ids = [row[0] for row in rows]
+            metadata = execute(conn, READ_METADATA, (ids,)).fetchall() if ids else []
+            # A page at a time, set-based: as few statements as the operations' order allows.
+            count += replayer.apply_entries(
+                pages.entries(rows, metadata, self.wrapper), self.catalog
+            )
         return count
 
     def tail(
@@ -678,11 +684,15 @@ class Oplog(OplogBase):
             The number of entries applied (when `follow` is False or `stop` is set).
         """
         catalog = self.catalog
+        replayer = Replayer(Writer(target, catalog), "")
 
-        def replay(conn: psycopg.Connection[Any], entry: Entry) -> None:
-            Replayer(Writer(conn, catalog), "").apply_entry(entry, catalog)
+        def replay(conn: psycopg.Connection[Any], entries: list[Entry]) -> None:
+            # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
+            replayer.apply_entries(entries, catalog)
 
-        return self.consume(source, target, consumer, replay, **options)
+        if not isinstance(consumer, Consumer):
+            consumer = Consumer(consumer)
+        return consume(source, target, self.wrapper, consumer, None, apply_page=replay, **options)
 
     def checkpoint(self, conn: psycopg.Connection[Any]) -> Checkpoint:
         """The current end of the log: a tail from here delivers only entries of transactions

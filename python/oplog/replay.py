@@ -6,7 +6,8 @@ the live tables exactly; that is how a log is verified, and (with no suffix) how
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+from collections.abc import Callable, Iterable
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,12 @@ import psycopg
 from google.protobuf.message import Message
 from psycopg import sql
 
+from oplog import pgarray
 from oplog._db import execute
 from oplog.catalog import check_identifier
-from oplog.errors import DecodeError, InvalidParameterError, UnknownTypeError
+from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
 from oplog.operation import Operation, OpType
-from oplog.writer import Writer
+from oplog.writer import Writer, _Column, _is_unset, _Mapping, to_db
 
 if TYPE_CHECKING:
     from oplog.catalog import TypeCatalog
@@ -54,6 +56,7 @@ class Replayer:
         self._writer = writer
         self._suffix = table_suffix
         self._ready: set[str] = set()
+        self._types: dict[str, dict[str, str]] = {}
 
     def _target(self, msg: Message) -> str:
         table = self._writer.catalog.table_of(msg).name
@@ -115,6 +118,244 @@ class Replayer:
             else:
                 raise InvalidParameterError(f"cannot replay an operation of type {first.op_type!r}")
         return count
+
+    # --- set-based replay ---------------------------------------------------------------------
+
+    def apply_entries(self, entries: Iterable[Entry], catalog: TypeCatalog) -> int:
+        """Applies the operations of (decrypted) entries, in order, with as few statements as
+        their order allows (see :meth:`apply_many`); returns how many entries were applied.
+
+        Raises:
+            DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply_entry`.
+        """
+        operations: list[Operation] = []
+        count = 0
+        for entry in entries:
+            try:
+                operations += entry.unmarshal_data(catalog)
+            except (DecodeError, UnknownTypeError) as exc:
+                raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
+            count += 1
+        self.apply_many(operations)
+        return count
+
+    def apply_many(self, operations: Iterable[Operation]) -> int:
+        """Applies `operations` in order, as :meth:`apply` does, but set-based: each run of
+        consecutive operations of one kind on one table with one shape (the same columns set
+        and nulled, keys given or generated) is one statement over array parameters, and the
+        statements go in one pipeline. A run ends wherever batching could change the result:
+        another kind, table or shape; a row the run already touched; an operation with
+        options (applied on its own, as :meth:`apply` would). The result is that of
+        :meth:`apply`, row for row.
+
+        Returns:
+            The number of operations applied.
+
+        Raises:
+            InvalidParameterError: As :meth:`apply`.
+        """
+        plan = _Plan(self)
+        for op in operations:
+            plan.add(op)
+        plan.close()
+        conn = self._writer.conn
+        pgarray.register(conn)
+        if len(plan.steps) == 1 and not isinstance(plan.steps[0], list):
+            plan.run_step(plan.steps[0])
+        elif plan.steps:
+            with conn.pipeline():
+                for step in plan.steps:
+                    plan.run_step(step)
+        return plan.count
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        """The SQL type of each column of `table` (as the search_path finds it)."""
+        found = self._types.get(table)
+        if found is None:
+            rows = execute(
+                self._writer.conn,
+                "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
+                " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0"
+                " and not a.attisdropped",
+                (table,),
+            ).fetchall()
+            if not rows:
+                raise SchemaError(f"no table {table!r} on the search_path")
+            found = self._types[table] = {str(name): str(kind) for name, kind in rows}
+        return found
+
+
+def _as_text(value: object) -> str | None:
+    """A column value in PostgreSQL's text input format (None stays NULL): what set-based
+    statements send, cast on the server to the column's type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same double; inf, nan
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise InvalidParameterError(f"cannot send a {type(value).__name__} value in a set-based replay")
+
+
+_ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
+
+
+class _Run:
+    """Consecutive operations that one statement applies: their kind, table, shape and rows."""
+
+    def __init__(self, kind: str, mapping: _Mapping, target: str, shape: tuple[Any, ...]):
+        self.kind = kind  # "insert" | "update" | "delete"
+        self.mapping = mapping
+        self.target = target
+        self.shape = shape
+        self.columns: list[_Column] = []
+        self.rows: list[list[Any]] = []
+        self.keys: set[tuple[Any, ...]] = set()
+
+
+class _Plan:
+    """The steps of a set-based replay: runs, and operations applied on their own."""
+
+    def __init__(self, replayer: Replayer) -> None:
+        self.replayer = replayer
+        self.writer = replayer._writer
+        self.steps: list[_Run | list[Operation]] = []
+        self.current: _Run | None = None
+        self.count = 0
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.steps.append(self.current)
+            self.current = None
+
+    def _single(self, op: Operation) -> None:
+        self.close()
+        if self.steps and isinstance(self.steps[-1], list):
+            self.steps[-1].append(op)
+        else:
+            self.steps.append([op])
+
+    def add(self, op: Operation) -> None:
+        self.count += 1
+        kind = _KINDS.get(op.op_type)
+        if kind is None or op.options is not None:
+            # Options work row by row (versions, conflicts): applied as apply() would.
+            self._single(op)
+            return
+        w = self.writer
+        msg = op.message
+        target = self.replayer._target(msg)
+        m = w._map(msg, target)
+        key: tuple[Any, ...] | None
+        if kind == "insert":
+            generated = all(_is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
+            columns = [c for c in m.columns if not (generated and c in m.primary_key)]
+            shape: tuple[Any, ...] = (generated,)
+            key = None if generated or not m.primary_key else tuple(w._key_params(m, msg))
+            values = [to_db(msg, c) for c in columns]
+        elif kind == "update":
+            sets, nulls = w._update_columns(m, op.field_mask, op.null_paths)
+            key = tuple(w._key_params(m, msg))
+            columns = [*m.primary_key, *sets]
+            shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
+            values = [*key, *(to_db(msg, c) for c in sets)]
+        else:
+            key = tuple(w._key_params(m, msg))
+            columns = list(m.primary_key)
+            shape = ()
+            values = list(key)
+        run = self.current
+        if (
+            run is None
+            or run.kind != kind
+            or run.target != target
+            or run.mapping is not m
+            or run.shape != shape
+            or (key is not None and key in run.keys)
+        ):
+            self.close()
+            run = self.current = _Run(kind, m, target, shape)
+            run.columns = columns
+        if key is not None:
+            run.keys.add(key)
+        run.rows.append(values)
+
+    def run_step(self, step: _Run | list[Operation]) -> None:
+        if isinstance(step, list):
+            self.replayer.apply(step)
+            return
+        query, params = self._statement(step)
+        execute(self.writer.conn, query, params)
+
+    def _statement(self, run: _Run) -> tuple[sql.Composed, list[Any]]:
+        types = self.replayer._column_types(run.target)
+        table = sql.Identifier(run.target)
+        names = [c.name for c in run.columns]
+        arrays = [
+            pgarray.TextArray.of([_as_text(row[i]) for row in run.rows]) for i in range(len(names))
+        ]
+        unnest = sql.SQL("unnest({}) as u ({})").format(
+            sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+        )
+
+        def cast(name: str) -> sql.Composable:
+            try:
+                kind = types[name]
+            except KeyError:
+                raise SchemaError(f"table {run.target!r} has no column {name!r}") from None
+            # The type's name as the server spells it (format_type quotes what needs it).
+            return sql.SQL("u.{}::{}").format(sql.Identifier(name), sql.SQL(kind))
+
+        m = run.mapping
+        if run.kind == "insert":
+            query = sql.SQL(
+                "insert into {t} ({cols}) overriding system value"
+                " select {vals} from unnest({arrays}) with ordinality as u ({cols}, {ord})"
+                " order by u.{ord}"
+            ).format(
+                t=table,
+                cols=sql.SQL(", ").join(map(sql.Identifier, names)),
+                vals=sql.SQL(", ").join(cast(n) for n in names),
+                arrays=sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
+                ord=_ORD,
+            )
+        elif run.kind == "update":
+            sets, nulls = run.shape
+            assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), cast(n)) for n in sets]
+            assignments += [sql.SQL("{} = null").format(sql.Identifier(n)) for n in nulls]
+            query = sql.SQL("update {t} as t set {a} from {u} where {w}").format(
+                t=table,
+                a=sql.SQL(", ").join(assignments),
+                u=unnest,
+                w=_key_match(m, cast),
+            )
+        else:
+            query = sql.SQL("delete from {t} as t using {u} where {w}").format(
+                t=table, u=unnest, w=_key_match(m, cast)
+            )
+        return query, arrays
+
+
+def _key_match(m: _Mapping, cast: Callable[[str], sql.Composable]) -> sql.Composable:
+    return sql.SQL(" and ").join(
+        sql.SQL("t.{} = {}").format(sql.Identifier(c.name), cast(c.name)) for c in m.primary_key
+    )
+
+
+_KINDS = {
+    OpType.CREATE: "insert",
+    OpType.CREATE_ITEMS: "insert",
+    OpType.UPDATE: "update",
+    OpType.DELETE: "delete",
+    OpType.DELETE_ITEMS: "delete",
+}
 
 
 def tables_equal(conn: psycopg.Connection[Any], live: str, replayed: str) -> bool:

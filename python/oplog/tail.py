@@ -450,7 +450,7 @@ def consume(
     target: psycopg.Connection[Any],
     wrapper: Wrapper,
     consumer: Consumer,
-    apply: Callable[[psycopg.Connection[Any], Entry], object],
+    apply: Callable[[psycopg.Connection[Any], Entry], object] | None,
     *,
     batch_size: int = 500,
     poll_interval: float = 1.0,
@@ -458,8 +458,10 @@ def consume(
     stop: threading.Event | None = None,
     follow: bool = True,
     on_commit: Callable[[int, Checkpoint], object] | None = None,
+    apply_page: Callable[[psycopg.Connection[Any], list[Entry]], object] | None = None,
 ) -> int:
-    """See :meth:`oplog.Oplog.consume`."""
+    """See :meth:`oplog.Oplog.consume`; `apply_page` (instead of `apply`) takes a page's
+    entries at once."""
     check_consume_connections(source, target)
     with target.transaction():
         position = consumer.position(target)
@@ -479,8 +481,12 @@ def consume(
                         # where it is (this page was its work).
                         position, restart = stored, True
                         break
-                    for entry, _ in page:
-                        apply(target, entry)
+                    if apply_page is not None:
+                        apply_page(target, [entry for entry, _ in page])
+                    else:
+                        assert apply is not None
+                        for entry, _ in page:
+                            apply(target, entry)
                     position = page[-1][1]
                     consumer.save(target, position)
                 applied += len(page)

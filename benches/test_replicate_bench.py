@@ -1,0 +1,169 @@
+"""Replication and verification against the write rate: does a replica keep up with a batch
+writer? Same server, same run.
+
+A log of 20,000 entries (one TestUser CREATE each, over 64 aggregates) is written by write_many
+in batches of 1000 (timed: the write rate); then replicated into a fresh second database
+(``Oplog.replicate``, pages of 500) and replayed into suffix tables (``Oplog.replay``, what
+``oplog verify --replay`` does), each timed from the first entry to the last. The mixed log is
+60% creates, 30% updates with masks and null paths, 10% deletes, written by write_many. Rates
+are entries per second; `make bench`'s table shows them per group.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import oplog
+from oplog.log import BatchItem
+from oplog.proto.oplog_test_pb2 import TestUser
+from tests.db import CATALOG, TEST_TABLES, WRAPPER
+from tests.pg import Server
+
+ENTRIES = 20_000
+SMOKE_ENTRIES = 300  # when benchmarks run once, untimed (CI)
+BATCH = 1000
+AGGREGATES = [f"agg{i:02d}" for i in range(64)]
+LOG = oplog.Oplog(WRAPPER, CATALOG)
+
+
+def _user(i: int) -> TestUser:
+    return TestUser(id=i, name=f"user {i:06d}", email=f"user{i:06d}@example.com", phone_number="5")
+
+
+def _creates(n: int) -> list[BatchItem]:
+    return [
+        (AGGREGATES[i % 64], [oplog.Operation(_user(i + 1), "user", oplog.OpType.CREATE)], None)
+        for i in range(n)
+    ]
+
+
+def _mixed(n: int) -> list[BatchItem]:
+    """60% creates, 30% updates (a mask and a null path), 10% deletes of earlier rows; every
+    entry keeps to one aggregate per user, so each user's history is in one aggregate's order."""
+    rng = random.Random(7)
+    live: list[int] = []
+    items: list[BatchItem] = []
+    next_id = 1
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.6 or len(live) < 10:
+            uid, next_id = next_id, next_id + 1
+            live.append(uid)
+            op = oplog.Operation(_user(uid), "user", oplog.OpType.CREATE)
+        elif roll < 0.9:
+            uid = rng.choice(live)
+            change = TestUser(id=uid, name=f"renamed {rng.randrange(10**6)}")
+            op = oplog.Operation(change, "user", oplog.OpType.UPDATE, ("name",), ("email",))
+        else:
+            uid = live.pop(rng.randrange(len(live)))
+            op = oplog.Operation(TestUser(id=uid), "user", oplog.OpType.DELETE)
+        items.append((AGGREGATES[uid % 64], [op], None))
+    return items
+
+
+_DROP = sql.SQL("drop database if exists {} with (force)")
+
+
+def _database(server: Server, name: str) -> str:
+    with psycopg.connect(server.dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    dsn = server.dsn_for(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        oplog.migrate(conn)
+        conn.execute(TEST_TABLES.encode())
+    return dsn
+
+
+def _write(dsn: str, items: list[BatchItem]) -> None:
+    """Writes the items in batches, each with its data change applied to the live table."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for start in range(0, len(items), BATCH):
+            LOG.write_many(conn, items[start : start + BATCH])
+
+
+@pytest.fixture
+def target_dsn(bench_server: Server, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = "bt_" + re.sub(r"\W", "_", request.node.name)[:50].lower()
+    yield _database(bench_server, name)
+    with psycopg.connect(bench_server.dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
+def _entries(benchmark: BenchmarkFixture) -> int:
+    return ENTRIES if not benchmark.disabled else SMOKE_ENTRIES
+
+
+@pytest.mark.parametrize("log", ["creates", "mixed"])
+def test_write_many_rate(benchmark: BenchmarkFixture, bench_dsn: str, log: str) -> None:
+    """The write rate the replica must keep up with: write_many in batches of 1000."""
+    benchmark.group = f"6. replication, {log} log"
+    n = _entries(benchmark)
+    benchmark.extra_info["entries"] = n
+    items = _creates(n) if log == "creates" else _mixed(n)
+    rounds = 3 if not benchmark.disabled else 1
+    benchmark.pedantic(_write, args=(bench_dsn, items), rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("log", ["creates", "mixed"])
+def test_replicate_rate(
+    benchmark: BenchmarkFixture, bench_dsn: str, target_dsn: str, log: str
+) -> None:
+    """Oplog.replicate of the whole log into a second database, from the start."""
+    benchmark.group = f"6. replication, {log} log"
+    n = _entries(benchmark)
+    benchmark.extra_info["entries"] = n
+    _write(bench_dsn, _creates(n) if log == "creates" else _mixed(n))
+    rounds = 3 if not benchmark.disabled else 1
+    consumers = iter(range(rounds))
+
+    def reset_target() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        with psycopg.connect(target_dsn, autocommit=True) as conn:
+            conn.execute("truncate users, oplog_consumer")
+        return (f"c{next(consumers)}",), {}
+
+    def replicate(consumer: str) -> int:
+        with (
+            psycopg.connect(bench_dsn, autocommit=True) as source,
+            psycopg.connect(target_dsn) as target,
+        ):
+            return LOG.replicate(source, target, consumer, follow=False)
+
+    benchmark.pedantic(replicate, setup=reset_target, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+    with psycopg.connect(target_dsn) as target:
+        replicated = target.execute("select count(*) from users").fetchone()
+    assert replicated is not None
+    assert replicated[0] > 0
+
+
+@pytest.mark.parametrize("log", ["creates", "mixed"])
+def test_verify_replay_rate(benchmark: BenchmarkFixture, bench_dsn: str, log: str) -> None:
+    """Oplog.replay of the whole log into suffix tables (verify --replay), rolled back."""
+    benchmark.group = f"6. replication, {log} log"
+    n = _entries(benchmark)
+    benchmark.extra_info["entries"] = n
+    _write(bench_dsn, _creates(n) if log == "creates" else _mixed(n))
+    rounds = 3 if not benchmark.disabled else 1
+
+    def replay() -> int:
+        with psycopg.connect(bench_dsn) as conn:
+            writer = oplog.Writer(conn, CATALOG)
+            writer.drop_table_if_exists("users_verify")
+            writer.create_table_like("users", "users_verify")
+            count = LOG.replay(conn, "_verify")
+            conn.rollback()
+            return count
+
+    assert benchmark.pedantic(replay, rounds=rounds, iterations=1) == n  # type: ignore[no-untyped-call]
