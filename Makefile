@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-rust test-python lint proto bench bench-smoke clean
+.PHONY: setup demo test test-rust test-python lint proto bench bench-smoke fuzz fuzz-tool fuzz-smoke fuzz-cmin clean
 
 setup:
 	@scripts/setup.sh
@@ -12,7 +12,7 @@ demo: setup
 	$(PY) -m oplog demo
 
 # Lint first so that the last lines of the run are the test summary.
-test: setup lint test-rust bench-smoke test-python
+test: setup lint test-rust fuzz-smoke bench-smoke test-python
 
 test-rust:
 	cargo test --quiet
@@ -43,6 +43,30 @@ bench: setup
 # CI runs every benchmark once, untimed, so they cannot rot.
 bench-smoke: setup
 	$(PY) -m pytest benches -q --benchmark-disable
+
+# libFuzzer through cargo-fuzz: a target per entry point of the codec (fuzz/fuzz_targets).
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
+FUZZ_TARGETS := queue_decode envelope_decode pgarray_pack
+FUZZ_SECONDS ?= 600
+FUZZ := RUSTC_BOOTSTRAP=1 cargo fuzz
+
+fuzz-tool:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+
+# Each target for FUZZ_SECONDS (default 10 minutes), growing its corpus in fuzz/corpus.
+fuzz: fuzz-tool
+	for t in $(FUZZ_TARGETS); do $(FUZZ) run --fuzz-dir fuzz -O $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+# CI: every target briefly (about 45 s in all) from the committed corpus, so none can rot.
+# New inputs go to a scratch directory, so the committed corpus stays as it is.
+fuzz-smoke: fuzz-tool
+	set -o pipefail; for t in $(FUZZ_TARGETS); do scratch=$$(mktemp -d); \
+	  $(FUZZ) run --fuzz-dir fuzz -O $$t $$scratch fuzz/corpus/$$t -- -max_total_time=15 -print_final_stats=1 2>&1 \
+	  | tail -n 4 || exit 1; rm -rf $$scratch; done
+
+# Shrinks each committed corpus to the inputs that add coverage.
+fuzz-cmin: fuzz-tool
+	for t in $(FUZZ_TARGETS); do $(FUZZ) cmin --fuzz-dir fuzz -O $$t fuzz/corpus/$$t || exit 1; done
 
 clean:
 	rm -rf target $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
