@@ -57,6 +57,7 @@ class Replayer:
         self._suffix = table_suffix
         self._ready: set[str] = set()
         self._types: dict[str, dict[str, str]] = {}
+        self._statements: dict[tuple[Any, ...], bytes] = {}
 
     def _target(self, msg: Message) -> str:
         table = self._writer.catalog.table_of(msg).name
@@ -293,13 +294,23 @@ class _Plan:
         query, params = self._statement(step)
         execute(self.writer.conn, query, params)
 
-    def _statement(self, run: _Run) -> tuple[sql.Composed, list[Any]]:
-        types = self.replayer._column_types(run.target)
-        table = sql.Identifier(run.target)
+    def _statement(self, run: _Run) -> tuple[bytes, list[Any]]:
         names = [c.name for c in run.columns]
         arrays = [
             pgarray.TextArray.of([_as_text(row[i]) for row in run.rows]) for i in range(len(names))
         ]
+        # Composing costs more than sending: each shape is composed once per replayer.
+        key = (run.kind, run.target, run.shape, *names)
+        query = self.replayer._statements.get(key)
+        if query is None:
+            query = self.replayer._statements[key] = self._compose(run, names).as_bytes(
+                self.writer.conn
+            )
+        return query, arrays
+
+    def _compose(self, run: _Run, names: list[str]) -> sql.Composed:
+        types = self.replayer._column_types(run.target)
+        table = sql.Identifier(run.target)
         unnest = sql.SQL("unnest({}) as u ({})").format(
             sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
             sql.SQL(", ").join(map(sql.Identifier, names)),
@@ -340,7 +351,7 @@ class _Plan:
             query = sql.SQL("delete from {t} as t using {u} where {w}").format(
                 t=table, u=unnest, w=_key_match(m, cast)
             )
-        return query, arrays
+        return query
 
 
 def _key_match(m: _Mapping, cast: Callable[[str], sql.Composable]) -> sql.Composable:
