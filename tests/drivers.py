@@ -81,6 +81,10 @@ class SyncDriver:
     def checkpoint(self) -> Checkpoint:
         return self.log.checkpoint(self.conn)
 
+    def lag(self, consumer: str) -> oplog.Lag:
+        """Consumer(consumer).lag with this connection as source and target."""
+        return oplog.Consumer(consumer).lag(self.conn)
+
     def execute(self, query: str) -> None:
         self.conn.execute(query.encode())
 
@@ -200,6 +204,10 @@ class AsyncDriver:
 
     def checkpoint(self) -> Checkpoint:
         return self.loop.run_until_complete(self.log.checkpoint(self.conn))
+
+    def lag(self, consumer: str) -> oplog.Lag:
+        """AsyncConsumer(consumer).lag with this connection as source and target."""
+        return self.loop.run_until_complete(aio.AsyncConsumer(consumer).lag(self.conn))
 
     def execute(self, query: str) -> None:
         self.loop.run_until_complete(self.conn.execute(query.encode()))

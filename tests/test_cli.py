@@ -307,6 +307,19 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
             ("replica", second["checkpoint"])
         ]
         assert cli.json("tail", "--after", second["checkpoint"]) == []
+        # Lag against the log the replica follows: none now, the demo's 7 entries after it.
+        lagging = cli.json("stats", "--dsn", replica, "--from", dsn)
+        assert [(c["name"], c["lag"]) for c in lagging if c["kind"] == "consumer"] == [
+            ("replica", 0)
+        ]
+        cli("demo")
+        lagging = cli.json("stats", "--dsn", replica, "--from", dsn)
+        (behind,) = [c for c in lagging if c["kind"] == "consumer"]
+        assert behind["lag"] == 7
+        assert behind["lag_seconds"] >= 0
+        progress = cli("replicate", "--to", replica, *DEMO_TYPES, "--once").stdout
+        assert "replicated 7 entries" in progress
+        assert "lag 0 entries" in progress
         for table in TABLES:
             query = f"select * from {SCHEMA}.{table} order by 1, 2"
             with psycopg.connect(dsn) as a, psycopg.connect(replica) as b:

@@ -465,3 +465,36 @@ def test_runs_until_caught_up_deliver_everything_committed_before_they_start(
     writer.commit()
     later = tail.tail(after=boundary, follow=False, batch_size=batch_size)
     assert _names(later) == [f"u{i}" for i in range(batch_size, total)] + ["later"]
+
+
+# --- lag (issue 11) -----------------------------------------------------------------------------
+
+
+def test_consumer_lag_counts_committed_entries_not_yet_applied(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect
+) -> None:
+    """Consumer.lag: how many committed entries lie after the consumer's position (also one
+    inside a poll) and how old the oldest is; entries of open transactions do not count."""
+    writer = connect()
+    for i in range(5):
+        _commit(writer, f"a{i % 2}", f"u{i}")
+    open_writer = connect()
+    LOG.write(open_writer, "a0", [_op("uncommitted")])
+    driver = make_driver()
+    driver.set_autocommit(True)
+    items = driver.tail(follow=False, batch_size=2)
+    consumer = oplog.Consumer("c")
+    fresh = driver.lag("c")
+    assert fresh.entries == 5
+    assert fresh.oldest is not None
+    assert fresh.age is not None
+    assert fresh.age.total_seconds() >= 0
+    for done, (_, checkpoint) in enumerate(items, start=1):
+        consumer.save(conn, checkpoint)
+        conn.commit()
+        lag = driver.lag("c")
+        assert lag.entries == 5 - done, (done, str(checkpoint))
+    assert driver.lag("c").oldest is None
+    assert driver.lag("c").age is None
+    open_writer.commit()
+    assert driver.lag("c").entries == 1

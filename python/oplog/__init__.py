@@ -24,7 +24,7 @@ from oplog.operation import Operation, OperationOptions, OpType
 from oplog.queue import Queue
 from oplog.replay import Replayer
 from oplog.schema import migrate, migrate_down
-from oplog.tail import Checkpoint, Consumer
+from oplog.tail import Checkpoint, Consumer, Lag
 from oplog.ticket import Ticket, Ticketer
 from oplog.transaction import run_in_transaction
 from oplog.wrapping import AeadWrapper, MultiWrapper, Wrapper
@@ -38,6 +38,7 @@ __all__ = [
     "DecryptError",
     "Entry",
     "InvalidParameterError",
+    "Lag",
     "MultiWrapper",
     "OpType",
     "Operation",

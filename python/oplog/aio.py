@@ -40,16 +40,20 @@ from oplog.log import (
 )
 from oplog.operation import Operation
 from oplog.tail import (
+    LAG,
     SNAPSHOT,
     TAIL_METADATA,
     TAIL_PAGE,
     Checkpoint,
     ConsumerBase,
+    Lag,
     TailPage,
     _Cursor,
     _listen,
     check_consume_connections,
     check_tail_arguments,
+    lag_of,
+    lag_params,
     needs_migration_2,
 )
 from oplog.ticket import INIT_TICKET, conflicts_as_ticket_errors
@@ -290,6 +294,17 @@ class AsyncConsumer(ConsumerBase):
         """Stores `checkpoint`, in the caller's transaction; see :meth:`oplog.Consumer.save`."""
         with needs_migration_2():
             await aexecute(conn, *self._save_statement(checkpoint))
+
+    async def lag(
+        self,
+        source: psycopg.AsyncConnection[Any],
+        target: psycopg.AsyncConnection[Any] | None = None,
+    ) -> Lag:
+        """Committed entries not yet applied; see :meth:`oplog.Consumer.lag`."""
+        position = await self.position(source if target is None else target)
+        with needs_migration_2():
+            row = await (await aexecute(source, LAG, lag_params(position))).fetchone()
+        return lag_of(row)
 
 
 async def _wait(

@@ -42,6 +42,7 @@ from oplog.catalog import check_identifier
 from oplog.entry import Entry, Metadata, group_metadata
 from oplog.log import READ_METADATA
 from oplog.replay import tables_equal
+from oplog.tail import LAG, lag_of, lag_params
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -651,7 +652,11 @@ def cmd_replicate(ctx: Context) -> int:
         nonlocal total
         total += entries
         if not ctx.json and not ctx.args.once:
-            ctx.out.write(f"applied {entries} entries ({total} in all); at {checkpoint}\n")
+            lag = _lag(source, checkpoint)
+            ctx.out.write(
+                f"applied {entries} entries ({total} in all); at {checkpoint}; lag"
+                f" {lag.entries} entries\n"
+            )
             ctx.out.flush()
 
     source_dsn = ctx.args.source or ctx.dsn()
@@ -685,11 +690,20 @@ def cmd_replicate(ctx: Context) -> int:
             _fail(EXIT_VERIFY, f"cannot apply an entry to the target: {_first_line(exc)}")
         with target.transaction():
             position = oplog.Consumer(ctx.args.consumer).position(target)
-    result = {"applied": total, "consumer": ctx.args.consumer, "checkpoint": str(position)}
+        lag = _lag(source, position)
+    result = {
+        "applied": total,
+        "consumer": ctx.args.consumer,
+        "checkpoint": str(position),
+        "lag": lag.entries,
+    }
     if ctx.json:
         ctx.out.write(json.dumps(result) + "\n")
     else:
-        ctx.out.write(f"replicated {total} entries; consumer {ctx.args.consumer!r} at {position}\n")
+        ctx.out.write(
+            f"replicated {total} entries; consumer {ctx.args.consumer!r} at {position};"
+            f" lag {lag.entries} entries\n"
+        )
     return EXIT_OK
 
 
@@ -719,12 +733,39 @@ def cmd_stats(ctx: Context) -> int:
     ]
     rows += [{"kind": "key", "name": k, "entries": n} for k, n in keys]
     rows += [{"kind": "ticket", "name": t, "version": v} for t, v in tickets]
+    lags = _lags(ctx, [oplog.Checkpoint.parse(c) for _, c, _ in consumers])
     rows += [
-        {"kind": "consumer", "name": n, "checkpoint": c, "updated": u} for n, c, u in consumers
+        {
+            "kind": "consumer",
+            "name": n,
+            "checkpoint": c,
+            "updated": u,
+            "lag": lag.entries,
+            "lag_seconds": None if lag.age is None else round(lag.age.total_seconds(), 3),
+        }
+        for (n, c, u), lag in zip(consumers, lags)
     ]
     columns = ["kind", "name", "entries", "bytes", "first_id", "last_id", "version"]
-    ctx.emit(rows, columns + (["checkpoint", "updated"] if consumers else []))
+    extra = ["checkpoint", "updated", "lag", "lag_seconds"] if consumers else []
+    ctx.emit(rows, columns + extra)
     return EXIT_OK
+
+
+def _lags(ctx: Context, positions: list[oplog.Checkpoint]) -> list[oplog.Lag]:
+    """Each position's lag behind the log the consumers follow: --from's, else this
+    database's."""
+    if not positions:
+        return []
+    source_dsn = ctx.args.source or ctx.dsn()
+    what = "--from" if ctx.args.source else ctx.dsn_source()
+    with ctx.connect_to(source_dsn, what, autocommit=True) as source:
+        ctx.tailable(source)
+        return [_lag(source, position) for position in positions]
+
+
+def _lag(source: psycopg.Connection[Any], position: oplog.Checkpoint) -> oplog.Lag:
+    row = execute(source, LAG, lag_params(position)).fetchone()
+    return lag_of(row)
 
 
 def cmd_keygen(ctx: Context) -> int:
@@ -865,7 +906,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", cmd_replay, "replay entries into suffix tables")
     p.add_argument("--suffix", default="_replay", help="table name suffix (default _replay)")
     p.add_argument("--after", type=_count_arg(0), default=0, help="only entries after this id")
-    add("stats", cmd_stats, "entries per aggregate, key ids, tickets")
+    p = add("stats", cmd_stats, "entries per aggregate, key ids, tickets, consumers and their lag")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="DSN",
+        help="the log the consumers follow, for their lag (default: this database)",
+    )
     p = add("tail", cmd_tail, "print entries in commit order, with checkpoints")
     p.add_argument("--after", metavar="CHECKPOINT", help="continue after this checkpoint")
     p.add_argument("--from-end", action="store_true", help="only entries committed from now on")

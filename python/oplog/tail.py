@@ -28,6 +28,7 @@ checkpoint there, in the same transaction (:class:`Consumer`, :func:`consume`).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import threading
 import time
@@ -46,16 +47,20 @@ from oplog.wrapping import Wrapper
 
 __all__ = [
     "CONSUMER_TABLE",
+    "LAG",
     "SNAPSHOT",
     "TAIL_METADATA",
     "TAIL_PAGE",
     "Checkpoint",
     "Consumer",
     "ConsumerBase",
+    "Lag",
     "TailPage",
     "check_consume_connections",
     "check_tail_arguments",
     "consume",
+    "lag_of",
+    "lag_params",
     "needs_migration_2",
     "tail_pages",
 ]
@@ -374,6 +379,43 @@ def _wait(
             return
 
 
+@dataclass(frozen=True)
+class Lag:
+    """How far a consumer is behind the log it follows.
+
+    Attributes:
+        entries: Committed entries after the consumer's position (not yet applied).
+        oldest: When the oldest of them was written (``create_time``), or None.
+        age: How long ago that was, by the source server's clock, or None.
+    """
+
+    entries: int
+    oldest: dt.datetime | None
+    age: dt.timedelta | None
+
+
+# Committed entries a checkpoint has not delivered: visible in the current snapshot, not in
+# `seen`, and (inside a poll) not among the poll's entries up to `after`.
+LAG = """
+select count(*), min(create_time), current_timestamp - min(create_time) from oplog_entry
+where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
+  and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
+  and pg_visible_in_snapshot(xact_id, pg_current_snapshot())
+  and not (%(reading)s::pg_snapshot is not null
+           and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot) and id <= %(after)s)
+"""
+
+
+def lag_params(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The parameters of :data:`LAG` for `checkpoint`."""
+    return {"seen": checkpoint.seen, "reading": checkpoint.reading, "after": checkpoint.after_id}
+
+
+def lag_of(row: Any) -> Lag:
+    """The :class:`Lag` of a :data:`LAG` row."""
+    return Lag(int(row[0]), row[1], row[2])
+
+
 class ConsumerBase:
     """The name of a consumer and the statements on its ``oplog_consumer`` row; the I/O is
     in :class:`Consumer` and ``oplog.aio.AsyncConsumer``.
@@ -443,6 +485,21 @@ class Consumer(ConsumerBase):
         """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
         with needs_migration_2():
             execute(conn, *self._save_statement(checkpoint))
+
+    def lag(
+        self, source: psycopg.Connection[Any], target: psycopg.Connection[Any] | None = None
+    ) -> Lag:
+        """How many committed entries of the log on `source` the consumer has not applied,
+        and how old the oldest of them is. The consumer's position is read from `target`
+        (where it applies entries; default `source`).
+
+        One count over the entries after the position: cheap while the consumer keeps up,
+        a scan of the backlog when it does not.
+        """
+        position = self.position(source if target is None else target)
+        with needs_migration_2():
+            row = execute(source, LAG, lag_params(position)).fetchone()
+        return lag_of(row)
 
 
 def consume(
