@@ -402,6 +402,8 @@ EXIT_CASES: list[tuple[str, list[str], int, str]] = [
     ("dsn-unknown-option", ["stats", "--dsn", "nosuchoption=1"], 2, "--dsn"),
     ("replicate-to-garbage", ["replicate", "--once", "--to", "garbage", *DEMO_TYPES], 2, "--to"),
     ("limit-negative", ["ls", "--limit", "-1"], 2, "--limit"),
+    ("partition-out-of-range", ["replicate", "--to", "x", "--partition", "2/2"], 2, "--partition"),
+    ("partition-not-k-of-n", ["replicate", "--to", "x", "--partition", "one"], 2, "--partition"),
     ("after-negative", ["ls", "--after", "-5"], 2, "--after"),
     ("not-utf8-aggregate", ["ls", "--aggregate", _NOT_UTF8], 2, "UTF-8"),
     ("not-utf8-metadata", ["ls", "--metadata", f"k={_NOT_UTF8}"], 2, "UTF-8"),

@@ -86,3 +86,58 @@ def test_replica_equals_source_after_concurrent_writes(
             live = rows(conn, table, "id")
             assert live, table
             assert rows(replica, table, "id") == live, f"{table} differs on the replica"
+
+
+def _partition_caught_up(source: psycopg.Connection[Any], target: str, part: int) -> bool:
+    with psycopg.connect(target) as b:
+        position = oplog.Consumer(f"parts/{part}-of-4").position(b)
+    return next(LOG.tail(source, position, follow=False, partition=(part, 4)), None) is None
+
+
+@pytest.mark.slow
+def test_four_partition_workers_replicate_eight_writers(
+    pg: Server, dsn: str, conn: psycopg.Connection[Any], replica_dsn: str
+) -> None:
+    """4 worker processes, one per partition, replicate what 8 writer processes write
+    (creates, updates with null paths, deletes); worker 0 is killed mid-run and started
+    again. Afterwards the replica equals the source row for row, and the partitions' positions
+    together cover every entry once."""
+    with psycopg.connect(replica_dsn, autocommit=True) as replica:
+        replica.execute("truncate users, cars, oplog_consumer")
+    ctx = multiprocessing.get_context("spawn")
+
+    def start(part: int) -> Any:
+        process = ctx.Process(
+            target=workers.replicate_partition, args=(dsn, replica_dsn, part, 4), daemon=True
+        )
+        process.start()
+        return process
+
+    replicas = [start(part) for part in range(4)]
+    try:
+        with ctx.Pool(8) as pool:
+            writes = pool.starmap_async(workers.write_domain, [(dsn, w, 60) for w in range(8)])
+            time.sleep(1.0)
+            replicas[0].kill()  # mid-page, mid-transaction, or idle: whatever it was doing
+            replicas[0].join(10)
+            replicas[0] = start(0)
+            assert writes.get(timeout=300) == [60] * 8
+        conn.autocommit = True
+        deadline = time.monotonic() + 90
+        for part in range(4):
+            while not _partition_caught_up(conn, replica_dsn, part):
+                assert time.monotonic() < deadline, f"partition {part} did not catch up in 90 s"
+                assert replicas[part].is_alive(), f"partition {part}'s worker died"
+                time.sleep(0.05)
+    finally:
+        for process in replicas:
+            process.kill()
+            process.join(10)
+    assert {oplog.partition_of(f"w{w}", 4) for w in range(8)} != {0}, "all in one partition"
+    with psycopg.connect(replica_dsn) as replica:
+        for table in ("users", "cars"):
+            live = rows(conn, table, "id")
+            assert live, table
+            assert rows(replica, table, "id") == live, f"{table} differs on the replica"
+        names = [r[0] for r in replica.execute("select name from oplog_consumer order by 1")]
+    assert names == [f"parts/{k}-of-4" for k in range(4)]

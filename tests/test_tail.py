@@ -498,3 +498,27 @@ def test_consumer_lag_counts_committed_entries_not_yet_applied(
     assert driver.lag("c").age is None
     open_writer.commit()
     assert driver.lag("c").entries == 1
+
+
+def test_partitions_split_the_log_by_aggregate(make_driver: MakeDriver, connect: Connect) -> None:
+    """The tails of partitions 0..n-1 together deliver every entry exactly once, each
+    aggregate wholly in the partition partition_of names (a documented, stable hash)."""
+    assert [oplog.partition_of(name, 4) for name in ("w0", "w1", "users")] == [2, 2, 2]
+    assert oplog.partition_of("users", 7) == 2613468202 % 7
+    writer = connect()
+    for i in range(30):
+        _commit(writer, f"agg{i % 10}", f"u{i}")
+    driver = make_driver()
+    driver.set_autocommit(True)
+    everything = driver.tail(follow=False)
+    seen: list[int] = []
+    for part in range(3):
+        items = driver.tail(follow=False, partition=(part, 3), batch_size=4)
+        assert {e.aggregate_name for e, _ in items} == {
+            f"agg{a}" for a in range(10) if oplog.partition_of(f"agg{a}", 3) == part
+        }
+        assert _ids(items) == sorted(_ids(items))
+        seen += _ids(items)
+    assert sorted(seen) == _ids(everything)
+    with pytest.raises(oplog.InvalidParameterError, match="partition"):
+        driver.tail(follow=False, partition=(3, 3))

@@ -298,3 +298,11 @@ def batches_with_new_tickets(
                     if isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
                         deadlocks += 1
     return {"written": written, "deadlocks": deadlocks, "conflicts": conflicts, "redeems": redeems}
+
+
+def replicate_partition(source: str, target: str, part: int, parts: int) -> None:
+    """Replicates partition `part` of `parts` of the log on `source` into `target`, following
+    it until the process is killed."""
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    with psycopg.connect(source, autocommit=True) as a, psycopg.connect(target) as b:
+        log.replicate(a, b, "parts", poll_interval=0.02, partition=(part, parts))

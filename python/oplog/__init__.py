@@ -24,7 +24,7 @@ from oplog.operation import Operation, OperationOptions, OpType
 from oplog.queue import Queue
 from oplog.replay import Replayer
 from oplog.schema import migrate, migrate_down
-from oplog.tail import Checkpoint, Consumer, Lag
+from oplog.tail import Checkpoint, Consumer, Lag, partition_of
 from oplog.ticket import Ticket, Ticketer
 from oplog.transaction import run_in_transaction
 from oplog.wrapping import AeadWrapper, MultiWrapper, Wrapper
@@ -60,6 +60,7 @@ __all__ = [
     "Writer",
     "migrate",
     "migrate_down",
+    "partition_of",
     "run_in_transaction",
 ]
 

@@ -51,10 +51,12 @@ from oplog.tail import (
     _Cursor,
     _listen,
     check_consume_connections,
+    check_partition,
     check_tail_arguments,
     lag_of,
     lag_params,
     needs_migration_2,
+    partition_consumer,
 )
 from oplog.ticket import INIT_TICKET, conflicts_as_ticket_errors
 from oplog.transaction import backoff_seconds, check_retry_arguments
@@ -171,11 +173,14 @@ class AsyncOplog(OplogBase):
         channel: str | None = None,
         stop: asyncio.Event | None = None,
         follow: bool = True,
+        partition: tuple[int, int] | None = None,
     ) -> AsyncGenerator[tuple[Entry, Checkpoint], None]:
         """Yields every committed entry after `after` exactly once, with the checkpoint after
         it, then waits for more; see :meth:`oplog.Oplog.tail`. `stop` is an asyncio.Event."""
         start = Checkpoint.of(after)
-        pages = self._pages(conn, start, batch_size, poll_interval, channel, stop, follow)
+        pages = self._pages(
+            conn, start, batch_size, poll_interval, channel, stop, follow, partition
+        )
         try:
             async for page in pages:
                 for item in page:
@@ -198,10 +203,11 @@ class AsyncOplog(OplogBase):
         channel: str | None,
         stop: asyncio.Event | None,
         follow: bool,
+        partition: tuple[int, int] | None = None,
     ) -> AsyncGenerator[TailPage, None]:
         """The pages of a tail; never yields an empty page (see ``oplog.tail.tail_pages``)."""
         check_tail_arguments(conn, batch_size, poll_interval, channel)
-        cursor = _Cursor(after, batch_size)
+        cursor = _Cursor(after, batch_size, check_partition(partition))
         if channel is not None:
             await aexecute(conn, _listen(channel))
             if not conn.autocommit:
@@ -241,19 +247,24 @@ class AsyncOplog(OplogBase):
         channel: str | None = None,
         stop: asyncio.Event | None = None,
         follow: bool = True,
+        partition: tuple[int, int] | None = None,
         on_commit: Callable[[int, Checkpoint], object] | None = None,
     ) -> int:
         """Tails `source` and awaits ``apply(target, entry)`` for each entry, each page and the
         consumer's position committed together on `target`; see :meth:`oplog.Oplog.consume`."""
-        if not isinstance(consumer, AsyncConsumer):
-            consumer = AsyncConsumer(consumer)
+        partition = check_partition(partition)
+        if partition is not None or not isinstance(consumer, AsyncConsumer):
+            name = consumer.name if isinstance(consumer, AsyncConsumer) else consumer
+            consumer = AsyncConsumer(partition_consumer(name, partition))
         check_consume_connections(source, target)
         async with target.transaction():
             position = await consumer.position(target)
         applied = 0
         while True:
             restart = False
-            pages = self._pages(source, position, batch_size, poll_interval, channel, stop, follow)
+            pages = self._pages(
+                source, position, batch_size, poll_interval, channel, stop, follow, partition
+            )
             try:
                 async for page in pages:
                     async with target.transaction():

@@ -42,7 +42,7 @@ from oplog.catalog import check_identifier
 from oplog.entry import Entry, Metadata, group_metadata
 from oplog.log import READ_METADATA
 from oplog.replay import tables_equal
-from oplog.tail import LAG, lag_of, lag_params
+from oplog.tail import LAG, check_partition, lag_of, lag_params, partition_consumer
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -673,7 +673,7 @@ def cmd_replicate(ctx: Context) -> int:
             log.replicate(
                 source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
                 poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
-                follow=not ctx.args.once, on_commit=committed,
+                follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
             )  # fmt: skip
         except oplog.UnknownTypeError as exc:
             _fail(EXIT_TYPES, f"{exc} (the --types catalog)")
@@ -688,12 +688,13 @@ def cmd_replicate(ctx: Context) -> int:
             )
         except (psycopg.IntegrityError, psycopg.DataError) as exc:
             _fail(EXIT_VERIFY, f"cannot apply an entry to the target: {_first_line(exc)}")
+        consumer = partition_consumer(ctx.args.consumer, ctx.args.partition)
         with target.transaction():
-            position = oplog.Consumer(ctx.args.consumer).position(target)
+            position = oplog.Consumer(consumer).position(target)
         lag = _lag(source, position)
     result = {
         "applied": total,
-        "consumer": ctx.args.consumer,
+        "consumer": consumer,
         "checkpoint": str(position),
         "lag": lag.entries,
     }
@@ -701,7 +702,7 @@ def cmd_replicate(ctx: Context) -> int:
         ctx.out.write(json.dumps(result) + "\n")
     else:
         ctx.out.write(
-            f"replicated {total} entries; consumer {ctx.args.consumer!r} at {position};"
+            f"replicated {total} entries; consumer {consumer!r} at {position};"
             f" lag {lag.entries} entries\n"
         )
     return EXIT_OK
@@ -840,6 +841,17 @@ def _count_arg(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _partition_arg(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        partition = check_partition((int(k), int(n))) if sep else None
+    except (ValueError, oplog.InvalidParameterError):
+        partition = None
+    if partition is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 0 <= K < N")
+    return partition
+
+
 def _seconds_arg(text: str) -> float:
     try:
         value = float(text)
@@ -924,6 +936,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="target", metavar="DSN", required=True, help="target database")
     p.add_argument("--consumer", default="replica", help="position name in the target")
     p.add_argument("--once", action="store_true", help="stop when caught up")
+    p.add_argument(
+        "--partition",
+        type=_partition_arg,
+        metavar="K/N",
+        help="apply only the aggregates of partition K of N (run N of these, K = 0..N-1);"
+        " the position is kept as CONSUMER/K-of-N",
+    )
     p.add_argument("--batch-size", type=_count_arg(1), default=500, help="entries per transaction")
     p.add_argument("--poll-interval", type=_seconds_arg, default=1.0, help="seconds between polls")
     p.add_argument("--channel", type=_text_arg, help="also wake up on NOTIFY on this channel")

@@ -24,7 +24,15 @@ from oplog.errors import InvalidParameterError, OplogError, TicketConflictError,
 from oplog.operation import Operation
 from oplog.queue import Version, check_classes
 from oplog.replay import Replayer
-from oplog.tail import SNAPSHOT, Checkpoint, Consumer, consume, tail_pages
+from oplog.tail import (
+    SNAPSHOT,
+    Checkpoint,
+    Consumer,
+    check_partition,
+    consume,
+    partition_consumer,
+    tail_pages,
+)
 from oplog.ticket import (
     INIT_TICKET,
     LockMode,
@@ -144,6 +152,15 @@ order by id limit %s
 READ_METADATA = """
 select entry_id, key, value from oplog_metadata where entry_id = any(%s) order by id
 """
+
+
+def _consumer(consumer: Consumer | str, partition: tuple[int, int] | None) -> Consumer:
+    """The consumer whose position a (partition's) run keeps."""
+    partition = check_partition(partition)
+    name = consumer.name if isinstance(consumer, Consumer) else consumer
+    if partition is None and isinstance(consumer, Consumer):
+        return consumer
+    return Consumer(partition_consumer(name, partition))
 
 
 def _written(entry: Entry, row: Sequence[Any]) -> Entry:
@@ -603,6 +620,7 @@ class Oplog(OplogBase):
         channel: str | None = None,
         stop: threading.Event | None = None,
         follow: bool = True,
+        partition: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Entry, Checkpoint]]:
         """Yields every committed entry after checkpoint `after` exactly once, as
         ``(entry, checkpoint after it)``, in an order that keeps each aggregate's entries in
@@ -623,6 +641,8 @@ class Oplog(OplogBase):
                 transactions, so that is a latency-for-throughput choice).
             stop: Ends the tail when set, also while it waits.
             follow: False ends the tail as soon as it has caught up.
+            partition: ``(k, n)``: only the entries of aggregates in partition k of n
+                (:func:`oplog.partition_of`); checkpoints then count only those.
 
         Raises:
             InvalidParameterError: Bad arguments, or `conn` is inside a transaction.
@@ -631,6 +651,7 @@ class Oplog(OplogBase):
         for page in tail_pages(
             conn, self.wrapper, Checkpoint.of(after), batch_size=batch_size,
             poll_interval=poll_interval, channel=channel, stop=stop, follow=follow,
+            partition=partition,
         ):  # fmt: skip
             yield from page
 
@@ -647,6 +668,7 @@ class Oplog(OplogBase):
         stop: threading.Event | None = None,
         follow: bool = True,
         on_commit: Callable[[int, Checkpoint], object] | None = None,
+        partition: tuple[int, int] | None = None,
     ) -> int:
         """Tails the log on `source` from the consumer's saved position and calls
         ``apply(target, entry)`` for each entry; every page of entries is applied and the
@@ -657,15 +679,19 @@ class Oplog(OplogBase):
         `source` and `target` may be two connections to the same database. Arguments as in
         :meth:`tail`; `on_commit(entries, checkpoint)` is called after each committed page.
 
+        With `partition` ``(k, n)`` this process applies only the entries of aggregates in
+        partition k of n (:func:`oplog.partition_of`), under its own position
+        (``<consumer>/k-of-n``): n processes, one per partition, share the work. Each
+        aggregate's entries stay in order; entries of different aggregates may be applied in
+        another order than they committed.
+
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
         """
-        if not isinstance(consumer, Consumer):
-            consumer = Consumer(consumer)
         return consume(
-            source, target, self.wrapper, consumer, apply, batch_size=batch_size,
-            poll_interval=poll_interval, channel=channel, stop=stop, follow=follow,
-            on_commit=on_commit,
+            source, target, self.wrapper, _consumer(consumer, partition), apply,
+            batch_size=batch_size, poll_interval=poll_interval, channel=channel, stop=stop,
+            follow=follow, on_commit=on_commit, partition=partition,
         )  # fmt: skip
 
     def replicate(
@@ -690,9 +716,11 @@ class Oplog(OplogBase):
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
             replayer.apply_entries(entries, catalog)
 
-        if not isinstance(consumer, Consumer):
-            consumer = Consumer(consumer)
-        return consume(source, target, self.wrapper, consumer, None, apply_page=replay, **options)
+        partition = options.get("partition")
+        return consume(
+            source, target, self.wrapper, _consumer(consumer, partition), None,
+            apply_page=replay, **options,
+        )  # fmt: skip
 
     def checkpoint(self, conn: psycopg.Connection[Any]) -> Checkpoint:
         """The current end of the log: a tail from here delivers only entries of transactions

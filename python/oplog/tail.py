@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import re
 import threading
 import time
@@ -57,11 +58,14 @@ __all__ = [
     "Lag",
     "TailPage",
     "check_consume_connections",
+    "check_partition",
     "check_tail_arguments",
     "consume",
     "lag_of",
     "lag_params",
     "needs_migration_2",
+    "partition_consumer",
+    "partition_of",
     "tail_pages",
 ]
 
@@ -175,6 +179,9 @@ where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
   and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
   and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot)
   and id > %(after)s
+  and (%(parts)s::int = 1
+       or mod(('x' || left(md5(aggregate_name), 8))::bit(32)::bigint, %(parts)s::int)
+          = %(part)s::int)
 order by id
 limit %(limit)s
 """
@@ -184,6 +191,34 @@ select entry_id, key, value from oplog_metadata where entry_id = any(%s) order b
 """
 
 
+def partition_of(aggregate_name: str, partitions: int) -> int:
+    """The partition (0 to `partitions` - 1) an aggregate's entries belong to: the first 32
+    bits of the MD5 of its name (UTF-8), as an unsigned big-endian number, modulo
+    `partitions`. Stable across processes, machines and PostgreSQL versions; the tail computes
+    the same on the server."""
+    digest = hashlib.md5(aggregate_name.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "big") % partitions
+
+
+def check_partition(partition: object) -> tuple[int, int] | None:
+    """`partition` as ``(k, n)`` (or None), or InvalidParameterError."""
+    if partition is None:
+        return None
+    if (
+        not isinstance(partition, tuple)
+        or len(partition) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in partition)
+        or not 0 <= partition[0] < partition[1]
+    ):
+        raise InvalidParameterError(f"a partition is (k, n) with 0 <= k < n, not {partition!r}")
+    return partition[0], partition[1]
+
+
+def partition_consumer(name: str, partition: tuple[int, int] | None) -> str:
+    """The consumer name a partition's worker keeps its position under: ``name/k-of-n``."""
+    return name if partition is None else f"{name}/{partition[0]}-of-{partition[1]}"
+
+
 TailPage = list[tuple[Entry, Checkpoint]]
 """Entries of one page of a poll, each with the checkpoint just after it."""
 
@@ -191,9 +226,12 @@ TailPage = list[tuple[Entry, Checkpoint]]
 class _Cursor:
     """The I/O-free state of a tail: which snapshot to read next and from where."""
 
-    def __init__(self, after: Checkpoint, batch_size: int) -> None:
+    def __init__(
+        self, after: Checkpoint, batch_size: int, partition: tuple[int, int] | None = None
+    ) -> None:
         self.position = after
         self.batch_size = batch_size
+        self.part, self.parts = partition or (0, 1)
         self.poll_found = 0  # entries delivered by the current poll so far
         # Whether this tail took the current poll's snapshot: a poll resumed from a checkpoint
         # was taken before the tail started, so finding nothing in it is not being caught up.
@@ -230,7 +268,10 @@ class _Cursor:
 
     def params(self) -> dict[str, Any]:
         p = self.position
-        return {"seen": p.seen, "reading": p.reading, "after": p.after_id, "limit": self.batch_size}
+        return {
+            "seen": p.seen, "reading": p.reading, "after": p.after_id, "limit": self.batch_size,
+            "part": self.part, "parts": self.parts,
+        }  # fmt: skip
 
     def page(self, rows: list[Any], metadata: list[Any], wrapper: Wrapper) -> TailPage:
         """The page's entries with their checkpoints; advances the position past them."""
@@ -322,10 +363,13 @@ def tail_pages(
     channel: str | None,
     stop: threading.Event | None,
     follow: bool,
+    partition: tuple[int, int] | None = None,
 ) -> Generator[TailPage, None, None]:
-    """The pages of a tail (see :meth:`oplog.Oplog.tail`); never yields an empty page."""
+    """The pages of a tail (see :meth:`oplog.Oplog.tail`); never yields an empty page. With
+    `partition` ``(k, n)``, only entries of aggregates in partition k of n (see
+    :func:`partition_of`)."""
     check_tail_arguments(conn, batch_size, poll_interval, channel)
-    cursor = _Cursor(after, batch_size)
+    cursor = _Cursor(after, batch_size, check_partition(partition))
 
     def end_read() -> None:
         if not conn.autocommit:
@@ -516,6 +560,7 @@ def consume(
     follow: bool = True,
     on_commit: Callable[[int, Checkpoint], object] | None = None,
     apply_page: Callable[[psycopg.Connection[Any], list[Entry]], object] | None = None,
+    partition: tuple[int, int] | None = None,
 ) -> int:
     """See :meth:`oplog.Oplog.consume`; `apply_page` (instead of `apply`) takes a page's
     entries at once."""
@@ -527,7 +572,7 @@ def consume(
         restart = False
         pages = tail_pages(
             source, wrapper, position, batch_size=batch_size, poll_interval=poll_interval,
-            channel=channel, stop=stop, follow=follow,
+            channel=channel, stop=stop, follow=follow, partition=partition,
         )  # fmt: skip
         try:
             for page in pages:
