@@ -58,6 +58,8 @@ class Replayer:
         self._ready: set[str] = set()
         self._types: dict[str, dict[str, str]] = {}
         self._statements: dict[tuple[Any, ...], bytes] = {}
+        # Per message class: its target table and mapping (looked up once, not per operation).
+        self._resolved: dict[type[Message], tuple[str, _Mapping]] = {}
 
     def _target(self, msg: Message) -> str:
         table = self._writer.catalog.table_of(msg).name
@@ -251,15 +253,21 @@ class _Plan:
             return
         w = self.writer
         msg = op.message
-        target = self.replayer._target(msg)
-        m = w._map(msg, target)
+        resolved = self.replayer._resolved.get(type(msg))
+        if resolved is None:
+            target = self.replayer._target(msg)
+            resolved = self.replayer._resolved[type(msg)] = (target, w._map(msg, target))
+        target, m = resolved
         key: tuple[Any, ...] | None
         if kind == "insert":
             generated = all(_is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
-            columns = [c for c in m.columns if not (generated and c in m.primary_key)]
+            columns = m.columns_without_key if generated else m.columns
             shape: tuple[Any, ...] = (generated,)
-            key = None if generated or not m.primary_key else tuple(w._key_params(m, msg))
             values = [to_db(msg, c) for c in columns]
+            if generated or not m.primary_key:
+                key = None
+            else:
+                key = tuple(values[i] for i in m.key_positions)
         elif kind == "update":
             sets, nulls = w._update_columns(m, op.field_mask, op.null_paths)
             key = tuple(w._key_params(m, msg))

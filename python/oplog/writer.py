@@ -91,6 +91,9 @@ class _Mapping:
         self.by_normalized = by_normalized
         self.by_name = {c.name: c for c in self.columns}
         self.primary_key = [self.by_name[name] for name in table.primary_key]
+        self.columns_without_key = [c for c in self.columns if c not in self.primary_key]
+        # Where each key column sits in `columns` (for reading a key out of a row's values).
+        self.key_positions = [self.columns.index(c) for c in self.primary_key]
 
     def resolve(self, path: str) -> _Column:
         """The column a field-mask path names."""
