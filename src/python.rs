@@ -527,7 +527,6 @@ impl QueueWriter {
     #[allow(clippy::too_many_arguments)]
     fn add<'py>(
         &mut self,
-
         message: &Bound<'py, PyAny>,
         type_name: &Bound<'py, PyAny>,
         op_type: &Bound<'py, PyAny>,

@@ -18,6 +18,7 @@ please report it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -504,10 +505,12 @@ def _check_suffix(catalog: oplog.TypeCatalog, suffix: str) -> None:
             _fail(EXIT_USAGE, f"--suffix {suffix!r} is too long: {exc}")
 
 
-def _replay_entry(replayer: oplog.Replayer, entry: Entry, catalog: oplog.TypeCatalog) -> None:
-    """Replays one entry; a failure exits with its code and a line naming the entry."""
+@contextlib.contextmanager
+def _replay_errors(what: str, hint: str) -> Iterator[None]:
+    """Turns a failure to replay into an exit code and one line naming `what` (an entry, or
+    the target), with `hint` after an integrity error."""
     try:
-        replayer.apply_entry(entry, catalog)
+        yield
     except oplog.UnknownTypeError as exc:
         _fail(EXIT_TYPES, f"{exc} (the --types catalog)")
     except oplog.SchemaError as exc:
@@ -517,17 +520,23 @@ def _replay_entry(replayer: oplog.Replayer, entry: Entry, catalog: oplog.TypeCat
     except psycopg.errors.UndefinedTable as exc:
         _fail(
             EXIT_SCHEMA,
-            f"entry {entry.id}: {exc.diag.message_primary}: are the tables on the search path?"
+            f"{what}: {exc.diag.message_primary}: are the tables on the search path?"
             " (--search-path)",
         )
     except psycopg.IntegrityError as exc:
         _fail(
             EXIT_VERIFY,
-            f"entry {entry.id} does not replay into {exc.diag.table_name}:"
-            f" {exc.diag.message_primary} (a replay already there? continue it with --after)",
+            f"{what} does not replay into {exc.diag.table_name}: {exc.diag.message_primary}"
+            f" ({hint})",
         )
     except psycopg.DataError as exc:
-        _fail(EXIT_VERIFY, f"entry {entry.id} does not replay: {exc.diag.message_primary}")
+        _fail(EXIT_VERIFY, f"{what} does not replay: {exc.diag.message_primary}")
+
+
+def _replay_entry(replayer: oplog.Replayer, entry: Entry, catalog: oplog.TypeCatalog) -> None:
+    """Replays one entry; a failure exits with its code and a line naming the entry."""
+    with _replay_errors(f"entry {entry.id}", "a replay already there? continue it with --after"):
+        replayer.apply_entry(entry, catalog)
 
 
 class _ReplayFailed(Exception):
@@ -669,25 +678,12 @@ def cmd_replicate(ctx: Context) -> int:
         ctx.tailable(source)
         ctx.tailable(target)
         target.rollback()
-        try:
+        with _replay_errors("an entry", "was the target written to by something else?"):
             log.replicate(
                 source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
                 poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
                 follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
             )  # fmt: skip
-        except oplog.UnknownTypeError as exc:
-            _fail(EXIT_TYPES, f"{exc} (the --types catalog)")
-        except oplog.SchemaError as exc:
-            _fail(EXIT_SCHEMA, f"the target: {exc} (--search-path?)")
-        except (oplog.DecodeError, oplog.InvalidParameterError) as exc:
-            _fail(EXIT_VERIFY, f"cannot apply {exc}")
-        except psycopg.errors.UndefinedTable as exc:
-            _fail(
-                EXIT_SCHEMA,
-                f"the target lacks a table: {exc.diag.message_primary} (--search-path?)",
-            )
-        except (psycopg.IntegrityError, psycopg.DataError) as exc:
-            _fail(EXIT_VERIFY, f"cannot apply an entry to the target: {_first_line(exc)}")
         consumer = partition_consumer(ctx.args.consumer, ctx.args.partition)
         with target.transaction():
             position = oplog.Consumer(consumer).position(target)
