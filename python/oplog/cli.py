@@ -967,6 +967,22 @@ def _not_utf8(argv: Sequence[str]) -> str | None:
     return None
 
 
+# The library's errors that reach main, in the order they are tested: class, exit code, line.
+_ERRORS: list[tuple[type[Exception] | tuple[type[Exception], ...], int, str]] = [
+    ((oplog.DecryptError, keyfile.KeyFileError), EXIT_KEY, "{}"),
+    (oplog.SchemaError, EXIT_SCHEMA, "{}"),
+    (oplog.InvalidParameterError, EXIT_USAGE, "{}"),
+    (oplog.UnknownTypeError, EXIT_TYPES, "{} (the --types catalog)"),
+    (oplog.OplogError, EXIT_VERIFY, "{}"),
+    (psycopg.OperationalError, EXIT_DB, "database error: {first}"),
+    (
+        (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn),
+        EXIT_SCHEMA,
+        "the database lacks what oplog needs: {first}",
+    ),
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``oplog`` command; returns its exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -990,27 +1006,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         sys.stderr.write(f"oplog: {exc}\n")
         return exc.code
-    except (oplog.DecryptError, keyfile.KeyFileError) as exc:
-        sys.stderr.write(f"oplog: {exc}\n")
-        return EXIT_KEY
-    except oplog.SchemaError as exc:
-        sys.stderr.write(f"oplog: {exc}\n")
-        return EXIT_SCHEMA
-    except oplog.InvalidParameterError as exc:
-        sys.stderr.write(f"oplog: {exc}\n")
-        return EXIT_USAGE
-    except oplog.UnknownTypeError as exc:
-        sys.stderr.write(f"oplog: {exc} (the --types catalog)\n")
-        return EXIT_TYPES
-    except oplog.OplogError as exc:
-        sys.stderr.write(f"oplog: {exc}\n")
-        return EXIT_VERIFY
-    except psycopg.OperationalError as exc:
-        sys.stderr.write(f"oplog: database error: {_first_line(exc)}\n")
-        return EXIT_DB
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
-        sys.stderr.write(f"oplog: the database lacks what oplog needs: {_first_line(exc)}\n")
-        return EXIT_SCHEMA
     except BrokenPipeError:
         # The reader went away (`oplog tail | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1022,6 +1017,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("oplog: interrupted\n")
         return 130
     except Exception as exc:
+        for classes, code, text in _ERRORS:
+            if isinstance(exc, classes):
+                sys.stderr.write("oplog: " + text.format(exc, first=_first_line(exc)) + "\n")
+                return code
         sys.stderr.write(f"oplog: unexpected error (a bug; please report it): {exc!r}\n")
         return EXIT_UNEXPECTED
     finally:
