@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -598,16 +599,11 @@ class Oplog(OplogBase):
             The number of entries replayed.
         """
         replayer = Replayer(Writer(conn, self.catalog), table_suffix)
-        pages = _Pages(None, after_id, None)
+        entries = self.read(conn, after_id=after_id)
         count = 0
-        while (params := pages.next_query()) is not None:
-            rows = execute(conn, READ_PAGE, params).fetchall()
-            ids = [row[0] for row in rows]
-            metadata = execute(conn, READ_METADATA, (ids,)).fetchall() if ids else []
-            # A page at a time, set-based: as few statements as the operations' order allows.
-            count += replayer.apply_entries(
-                pages.entries(rows, metadata, self.wrapper), self.catalog
-            )
+        # A page at a time, set-based: as few statements as the operations' order allows.
+        while page := list(itertools.islice(entries, _PAGE)):
+            count += replayer.apply_entries(page, self.catalog)
         return count
 
     def tail(
