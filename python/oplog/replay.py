@@ -172,12 +172,16 @@ class Replayer:
         return plan.count
 
     def _column_types(self, table: str) -> dict[str, str]:
-        """The SQL type of each column of `table` (as the search_path finds it)."""
+        """The SQL type of each column of `table` (as the search_path finds it), without its
+        modifier."""
         found = self._types.get(table)
         if found is None:
+            # Without the type modifier (format_type spells varchar(3) as "character varying",
+            # char(3) as bpchar): values are cast to the type and assigned to the column, so a
+            # value too long for it fails as an insert of it one by one fails, not truncated.
             rows = execute(
                 self._writer.conn,
-                "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a"
+                "select a.attname, format_type(a.atttypid, null) from pg_attribute a"
                 " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0"
                 " and not a.attisdropped",
                 (table,),
@@ -300,23 +304,38 @@ class _Plan:
             self.replayer.apply(step)
             return
         query, params = self._statement(step)
-        execute(self.writer.conn, query, params)
+        # A join of many rows is planned for their number: a plan cached for a prepared
+        # statement (made for any array, while the table may still have been small) would scan
+        # the whole table for every run. A single row's statement is prepared: its plan is an
+        # index lookup whatever the table's size.
+        prepare = None if len(step.rows) == 1 or step.kind == "insert" else False
+        execute(self.writer.conn, query, params, prepare=prepare)
 
     def _statement(self, run: _Run) -> tuple[bytes, list[Any]]:
         names = [c.name for c in run.columns]
-        arrays = [
-            pgarray.TextArray.of([_as_text(row[i]) for row in run.rows]) for i in range(len(names))
-        ]
+        single = len(run.rows) == 1
+        params: list[Any]
+        if single:
+            params = [_as_text(value) for value in run.rows[0]]
+            if run.kind == "update":
+                # The statement's text sets the columns before it matches the key.
+                keys = len(run.mapping.primary_key)
+                params = params[keys:] + params[:keys]
+        else:
+            params = [
+                pgarray.TextArray.of([_as_text(row[i]) for row in run.rows])
+                for i in range(len(names))
+            ]
         # Composing costs more than sending: each shape is composed once per replayer.
-        key = (run.kind, run.target, run.shape, *names)
+        key = (run.kind, run.target, run.shape, single, *names)
         query = self.replayer._statements.get(key)
         if query is None:
-            query = self.replayer._statements[key] = self._compose(run, names).as_bytes(
+            query = self.replayer._statements[key] = self._compose(run, names, single).as_bytes(
                 self.writer.conn
             )
-        return query, arrays
+        return query, params
 
-    def _compose(self, run: _Run, names: list[str]) -> sql.Composed:
+    def _compose(self, run: _Run, names: list[str], single: bool) -> sql.Composed:
         types = self.replayer._column_types(run.target)
         table = sql.Identifier(run.target)
         unnest = sql.SQL("unnest({}) as u ({})").format(
@@ -329,10 +348,14 @@ class _Plan:
                 kind = types[name]
             except KeyError:
                 raise SchemaError(f"table {run.target!r} has no column {name!r}") from None
-            # The type's name as the server spells it (format_type quotes what needs it).
-            return sql.SQL("u.{}::{}").format(sql.Identifier(name), sql.SQL(kind))
+            # The type's name as the server spells it (format_type quotes what needs it); one
+            # row's values are parameters, many rows' are the columns of unnest.
+            value = sql.SQL("%b::text") if single else sql.SQL("u.{}").format(sql.Identifier(name))
+            return sql.SQL("{}::{}").format(value, sql.SQL(kind))
 
         m = run.mapping
+        if single:
+            return _compose_single(run, table, names, cast)
         if run.kind == "insert":
             query = sql.SQL(
                 "insert into {t} ({cols}) overriding system value"
@@ -365,6 +388,33 @@ class _Plan:
 def _key_match(m: _Mapping, cast: Callable[[str], sql.Composable]) -> sql.Composable:
     return sql.SQL(" and ").join(
         sql.SQL("t.{} = {}").format(sql.Identifier(c.name), cast(c.name)) for c in m.primary_key
+    )
+
+
+def _compose_single(
+    run: _Run, table: sql.Identifier, names: list[str], cast: Callable[[str], sql.Composable]
+) -> sql.Composed:
+    """The statement of a run of one row, its values as parameters in the order they appear
+    (for an update, the columns it sets, then the key)."""
+    if run.kind == "insert":
+        return sql.SQL("insert into {t} ({cols}) overriding system value values ({vals})").format(
+            t=table,
+            cols=sql.SQL(", ").join(map(sql.Identifier, names)),
+            vals=sql.SQL(", ").join(cast(n) for n in names),
+        )
+    keys = len(run.mapping.primary_key)
+    if run.kind == "update":
+        sets, nulls = run.shape
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), cast(n)) for n in sets]
+        assignments += [sql.SQL("{} = null").format(sql.Identifier(n)) for n in nulls]
+        head = sql.SQL("update {t} as t set {a}").format(t=table, a=sql.SQL(", ").join(assignments))
+    else:
+        head = sql.SQL("delete from {t} as t").format(t=table)
+    return sql.SQL("{} where {}").format(
+        head,
+        sql.SQL(" and ").join(
+            sql.SQL("t.{} = {}").format(sql.Identifier(n), cast(n)) for n in names[:keys]
+        ),
     )
 
 
