@@ -2,17 +2,24 @@
 writer? Same server, same run.
 
 A log of 20,000 entries (one TestUser CREATE each, over 64 aggregates) is written by write_many
-in batches of 1000 (timed: the write rate); then replicated into a fresh second database
+in batches of 1000 (timed: the write rate, entries only; and with the batch's rows inserted in
+the same transaction, as a batch writer does); then replicated into a fresh second database
 (``Oplog.replicate``, pages of 500) and replayed into suffix tables (``Oplog.replay``, what
 ``oplog verify --replay`` does), each timed from the first entry to the last. The mixed log is
 60% creates, 30% updates with masks and null paths, 10% deletes, written by write_many. Rates
 are entries per second; `make bench`'s table shows them per group.
+
+The anchor, in the creates group: PostgreSQL's own logical replication of the same 20,000 rows
+between two PostgreSQL 15 servers the benchmark starts (a publication and a disabled
+subscription; the rows are written, then the subscription is enabled and timed until the
+subscriber holds them all: its catch-up apply rate, as ``replicate`` is timed from the start).
 """
 
 from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +32,7 @@ import oplog
 from oplog.log import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests.db import CATALOG, TEST_TABLES, WRAPPER
-from tests.pg import Server
+from tests.pg import Server, has_pg15, logical_replication_pair
 
 ENTRIES = 20_000
 SMOKE_ENTRIES = 300  # when benchmarks run once, untimed (CI)
@@ -86,10 +93,30 @@ def _database(server: Server, name: str) -> str:
 
 
 def _write(dsn: str, items: list[BatchItem]) -> None:
-    """Writes the items in batches, each with its data change applied to the live table."""
+    """Writes the items' entries in batches (the log only: the data change is not applied)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for start in range(0, len(items), BATCH):
             LOG.write_many(conn, items[start : start + BATCH])
+
+
+_INSERT_USER = "insert into users (id, name, email, phone_number) values (%s, %s, %s, %s)"
+
+
+def _user_rows(n: int) -> list[tuple[int, str, str, str]]:
+    return [(u.id, u.name, u.email, u.phone_number) for u in (_user(i + 1) for i in range(n))]
+
+
+def _write_with_rows(dsn: str, items: list[BatchItem]) -> None:
+    """A batch writer: each batch's rows (executemany, pipelined) and its entries in one
+    transaction."""
+    rows = _user_rows(len(items))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("truncate users")
+        conn.commit()
+        for start in range(0, len(items), BATCH):
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_INSERT_USER, rows[start : start + BATCH])
+                LOG.write_many(conn, items[start : start + BATCH])
 
 
 @pytest.fixture
@@ -115,6 +142,68 @@ def test_write_many_rate(benchmark: BenchmarkFixture, bench_dsn: str, log: str) 
     items = _creates(n) if log == "creates" else _mixed(n)
     rounds = 3 if not benchmark.disabled else 1
     benchmark.pedantic(_write, args=(bench_dsn, items), rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+
+
+def test_write_many_with_rows_rate(benchmark: BenchmarkFixture, bench_dsn: str) -> None:
+    """A batch writer's rate: each batch's rows and its entries in one transaction."""
+    benchmark.group = "6. replication, creates log"
+    n = _entries(benchmark)
+    benchmark.extra_info["entries"] = n
+    items = _creates(n)
+    rounds = 3 if not benchmark.disabled else 1
+    benchmark.pedantic(_write_with_rows, args=(bench_dsn, items), rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+    with psycopg.connect(bench_dsn) as conn:
+        assert conn.execute("select count(*) from users").fetchone() == (n,)
+
+
+_USERS = "create table users (id bigint primary key, name text, phone_number text, email text)"
+
+
+@pytest.mark.skipif(not has_pg15(), reason="needs Debian's PostgreSQL 15 (scripts/setup.sh)")
+def test_logical_replication_rate(benchmark: BenchmarkFixture) -> None:
+    """The anchor: PostgreSQL's logical replication catching up on the same rows."""
+    benchmark.group = "6. replication, creates log"
+    n = _entries(benchmark)
+    benchmark.extra_info["entries"] = n
+    rows = _user_rows(n)
+    with (
+        logical_replication_pair() as (publisher, subscriber),
+        psycopg.connect(publisher.dsn, autocommit=True) as pub,
+        psycopg.connect(subscriber.dsn, autocommit=True) as sub,
+    ):
+        pub.execute(_USERS)
+        sub.execute(_USERS)
+        # Inserts only: each round empties both sides itself.
+        pub.execute("create publication bench for table users with (publish = 'insert')")
+        sub.execute(
+            sql.SQL(
+                "create subscription bench connection {} publication bench"
+                " with (copy_data = false, enabled = false)"
+            ).format(sql.Literal(publisher.dsn))
+        )
+
+        def write_rows() -> None:
+            sub.execute("alter subscription bench disable")
+            sub.execute("truncate users")
+            pub.execute("truncate users")
+            with pub.cursor() as cur:
+                for start in range(0, n, BATCH):
+                    with pub.transaction():
+                        cur.executemany(_INSERT_USER, rows[start : start + BATCH])
+
+        def catch_up() -> None:
+            sub.execute("alter subscription bench enable")
+            while True:
+                found = sub.execute("select count(*) from users").fetchone()
+                if found == (n,):
+                    return
+                time.sleep(0.005)
+
+        rounds = 3 if not benchmark.disabled else 1
+        benchmark.pedantic(catch_up, setup=write_rows, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
+        sub.execute("alter subscription bench disable")
+        sub.execute("alter subscription bench set (slot_name = none)")
+        sub.execute("drop subscription bench")
 
 
 @pytest.mark.parametrize("log", ["creates", "mixed"])

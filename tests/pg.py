@@ -54,7 +54,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _pg15() -> Iterator[Server]:
+def _pg15(settings: str = "") -> Iterator[Server]:
     if not (PG15_BIN / "postgres").exists():
         raise RuntimeError(f"Debian's PostgreSQL 15 is not installed in {PG15_BIN}")
     root = Path(tempfile.mkdtemp(prefix="oplog-pg15-"))
@@ -72,6 +72,7 @@ def _pg15() -> Iterator[Server]:
             check=True, capture_output=True,
         )  # fmt: skip
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c max_connections=200"
+        options += f" {settings}" if settings else ""
         subprocess.run(
             [*as_postgres, str(PG15_BIN / "pg_ctl"), "-D", str(data), "-o", options,
              "-l", str(root / "log"), "-w", "start"],
@@ -107,6 +108,22 @@ def second_server() -> Iterator[Server]:
     """Another server, next to the session's: a fresh embedded PostgreSQL 16."""
     with _pgserver() as server:
         yield Server(server.dsn, "pgserver-2")
+
+
+def has_pg15() -> bool:
+    """Whether Debian's PostgreSQL 15 is installed (scripts/setup.sh installs it)."""
+    return (PG15_BIN / "postgres").exists()
+
+
+@contextlib.contextmanager
+def logical_replication_pair() -> Iterator[tuple[Server, Server]]:
+    """Two fresh PostgreSQL 15 servers with ``wal_level=logical``: a publisher and a
+    subscriber."""
+    settings = "-c wal_level=logical -c max_wal_senders=4 -c max_replication_slots=4"
+    # A subscription enabled again starts its worker at once, not up to 5 s later.
+    settings += " -c wal_retrieve_retry_interval=10ms"
+    with _pg15(settings) as publisher, _pg15(settings) as subscriber:
+        yield publisher, subscriber
 
 
 @contextlib.contextmanager

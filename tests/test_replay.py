@@ -192,11 +192,13 @@ def test_replay_reproduces_live_tables(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def _refusal(conn: psycopg.Connection[Any], replay: Any) -> str | None:
-    """The SQLSTATE a replay fails with (rolled back to a savepoint), or None."""
+def _refusal(conn: psycopg.Connection[Any], how: str, ops: list[oplog.Operation]) -> str | None:
+    """The SQLSTATE a replay (``apply`` or ``apply_many``) of `ops` into the ``_short`` tables
+    fails with (rolled back to a savepoint), or None."""
+    replayer = oplog.Replayer(oplog.Writer(conn, CATALOG), "_short")
     try:
         with conn.transaction():
-            replay()
+            getattr(replayer, how)(ops)
     except psycopg.Error as exc:
         return exc.sqlstate
     return None
@@ -211,22 +213,21 @@ def test_set_based_replay_refuses_what_one_by_one_refuses(conn: psycopg.Connecti
         "create table users_short (id bigint primary key, name varchar(3), phone_number text,"
         " email text, version integer)"
     )
-    writer = oplog.Writer(conn, CATALOG)
     long_name = [oplog.Operation(TestUser(id=1, name="abcdef"), "user", oplog.OpType.CREATE)]
     too_big = [oplog.Operation(TestUser(id=2, version=2**32 - 1), "user", oplog.OpType.CREATE)]
     fits = [oplog.Operation(TestUser(id=3, name="abc"), "user", oplog.OpType.CREATE)]
     for ops in (long_name, too_big, fits + long_name, too_big + fits):
-        one = _refusal(conn, lambda: oplog.Replayer(writer, "_short").apply(ops))
-        many = _refusal(conn, lambda: oplog.Replayer(writer, "_short").apply_many(ops))
+        one = _refusal(conn, "apply", ops)
+        many = _refusal(conn, "apply_many", ops)
         assert one is not None
         assert many == one
     rename = [
         oplog.Operation(TestUser(id=3, name="abcdef"), "user", oplog.OpType.UPDATE, ("name",))
     ]
-    oplog.Replayer(writer, "_short").apply(fits)
+    oplog.Replayer(oplog.Writer(conn, CATALOG), "_short").apply(fits)
     for ops in (rename, rename + rename):
-        one = _refusal(conn, lambda: oplog.Replayer(writer, "_short").apply(ops))
-        many = _refusal(conn, lambda: oplog.Replayer(writer, "_short").apply_many(ops))
+        one = _refusal(conn, "apply", ops)
+        many = _refusal(conn, "apply_many", ops)
         assert one == "22001"
         assert many == one
     assert rows(conn, "users_short") == [(3, "abc", "", "", 0)]
