@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,32 @@ class Cli:
         assert len(lines) == 1, err
         assert lines[0].startswith("oplog: ")
         return lines[0]
+
+
+def _on_terminal(cli: Cli, *args: str) -> str:
+    """What ``oplog *args`` writes to standard output when that is a terminal (a pty)."""
+    leader, follower = pty.openpty()
+    # No translation of \n to \r\n by the terminal, so the test sees what the CLI wrote.
+    attrs = termios.tcgetattr(follower)
+    attrs[1] &= ~termios.OPOST
+    termios.tcsetattr(follower, termios.TCSANOW, attrs)
+    with subprocess.Popen(
+        [sys.executable, "-m", "oplog", *args],
+        env=cli.env, stdout=follower, stderr=subprocess.PIPE, text=True,
+    ) as process:  # fmt: skip
+        os.close(follower)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(leader)
+        assert process.wait(timeout=120) == 0, process.stderr.read() if process.stderr else ""
+    return out.decode()
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -320,6 +349,14 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
         progress = cli("replicate", "--to", replica, *DEMO_TYPES, "--once").stdout
         assert "replicated 7 entries" in progress
         assert "lag 0 entries" in progress
+        assert "\r" not in progress  # no progress line when the output is not a terminal
+        cli("demo")
+        on_terminal = _on_terminal(cli, "replicate", "--to", replica, *DEMO_TYPES, "--once")
+        line, summary = on_terminal.split("\n")[:2]
+        assert re.fullmatch(r"\r\x1b\[Kapplied 7 entries \([\d,]+/s\); lag 0 entries\r?", line), (
+            on_terminal
+        )
+        assert "replicated 7 entries" in summary
         for table in TABLES:
             query = f"select * from {SCHEMA}.{table} order by 1, 2"
             with psycopg.connect(dsn) as a, psycopg.connect(replica) as b:

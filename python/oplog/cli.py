@@ -656,11 +656,14 @@ def cmd_replicate(ctx: Context) -> int:
         _fail(EXIT_USAGE, "replicate needs --types to know the message types and tables")
     log = oplog.Oplog(ctx.wrapper(), catalog)
     total = 0
+    progress = _Progress(ctx.out) if not ctx.json and ctx.out.isatty() else None
 
     def committed(entries: int, checkpoint: oplog.Checkpoint) -> None:
         nonlocal total
         total += entries
-        if not ctx.json and not ctx.args.once:
+        if progress is not None:
+            progress.show(total, lambda: _lag(source, checkpoint))
+        elif not ctx.json and not ctx.args.once:
             lag = _lag(source, checkpoint)
             ctx.out.write(
                 f"applied {entries} entries ({total} in all); at {checkpoint}; lag"
@@ -679,11 +682,15 @@ def cmd_replicate(ctx: Context) -> int:
         ctx.tailable(target)
         target.rollback()
         with _replay_errors("an entry", "was the target written to by something else?"):
-            log.replicate(
-                source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
-                poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
-                follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
-            )  # fmt: skip
+            try:
+                log.replicate(
+                    source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
+                    poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
+                    follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
+                )  # fmt: skip
+            finally:
+                if progress is not None:
+                    progress.end()
         consumer = partition_consumer(ctx.args.consumer, ctx.args.partition)
         with target.transaction():
             position = oplog.Consumer(consumer).position(target)
@@ -702,6 +709,40 @@ def cmd_replicate(ctx: Context) -> int:
             f" lag {lag.entries} entries\n"
         )
     return EXIT_OK
+
+
+class _Progress:
+    """One line on a terminal, redrawn at most twice a second: entries applied, their rate, and
+    the lag (counted on the source only when the line is drawn)."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._start = time.monotonic()
+        self._drawn = 0.0
+        self._shown = False
+
+    def show(self, total: int, lag: Callable[[], oplog.Lag]) -> None:
+        now = time.monotonic()
+        if self._shown and now - self._drawn < self.INTERVAL:
+            return
+        self._drawn = now
+        self._shown = True
+        behind = lag()
+        rate = total / max(now - self._start, 1e-9)
+        age = "" if behind.age is None else f", oldest {behind.age.total_seconds():.1f} s old"
+        # \r returns to the line's start, ESC[K clears what a longer line left.
+        self._out.write(
+            f"\r\x1b[Kapplied {total:,} entries ({rate:,.0f}/s); lag {behind.entries:,}"
+            f" entries{age}"
+        )
+        self._out.flush()
+
+    def end(self) -> None:
+        if self._shown:
+            self._out.write("\n")
+            self._out.flush()
 
 
 def cmd_stats(ctx: Context) -> int:
