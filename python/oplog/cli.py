@@ -185,20 +185,29 @@ def _cell(value: Any) -> str:
 
 
 class Progress:
-    """A progress bar with rate and ETA on stderr; silent when stderr is not a terminal."""
+    """A progress line on stderr, silent when stderr is not a terminal: a bar with rate and ETA
+    when the total is known, else the count and rate with a `detail` that costs something to
+    compute (called only when the line is redrawn, at most 10 times a second)."""
 
-    def __init__(self, label: str, total: int) -> None:
+    def __init__(self, label: str, total: int | None) -> None:
         self.label, self.total, self.done = label, total, 0
         self.start = time.monotonic()
-        self.enabled = sys.stderr.isatty() and total > 0
+        self.enabled = sys.stderr.isatty() and total != 0
         self.shown = 0.0
+        self.drawn = False
 
-    def step(self, n: int = 1) -> None:
+    def step(self, n: int = 1, detail: Callable[[], str] | None = None) -> None:
         self.done += n
         now = time.monotonic()
-        if self.enabled and (now - self.shown > 0.1 or self.done == self.total):
-            self.shown = now
-            rate = self.done / max(now - self.start, 1e-9)
+        if not self.enabled or (now - self.shown <= 0.1 and self.done != self.total):
+            return
+        self.shown, self.drawn = now, True
+        rate = self.done / max(now - self.start, 1e-9)
+        if self.total is None:
+            # ESC[K clears what a longer line left.
+            line = f"{self.label} {self.done:,} ({rate:,.0f}/s)"
+            sys.stderr.write(f"\r\x1b[K{line}{detail() if detail else ''}")
+        else:
             eta = (self.total - self.done) / rate if rate else 0
             filled = int(30 * self.done / self.total)
             sys.stderr.write(
@@ -207,6 +216,15 @@ class Progress:
             )
             if self.done == self.total:
                 sys.stderr.write("\n")
+                self.drawn = False
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        """Ends a line left open (an open-ended count, or a bar that stopped short)."""
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = False
 
 
 # --- operations without a catalog ---------------------------------------------------------------
@@ -656,14 +674,13 @@ def cmd_replicate(ctx: Context) -> int:
         _fail(EXIT_USAGE, "replicate needs --types to know the message types and tables")
     log = oplog.Oplog(ctx.wrapper(), catalog)
     total = 0
-    progress = _Progress(ctx.out) if not ctx.json and ctx.out.isatty() else None
+    progress = Progress("applied", None)
 
     def committed(entries: int, checkpoint: oplog.Checkpoint) -> None:
         nonlocal total
         total += entries
-        if progress is not None:
-            progress.show(total, lambda: _lag(source, checkpoint))
-        elif not ctx.json and not ctx.args.once:
+        progress.step(entries, lambda: f"; lag {_lag(source, checkpoint).entries:,} entries")
+        if not ctx.json and not ctx.args.once and not progress.enabled:
             lag = _lag(source, checkpoint)
             ctx.out.write(
                 f"applied {entries} entries ({total} in all); at {checkpoint}; lag"
@@ -689,8 +706,7 @@ def cmd_replicate(ctx: Context) -> int:
                     follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
                 )  # fmt: skip
             finally:
-                if progress is not None:
-                    progress.end()
+                progress.end()
         consumer = partition_consumer(ctx.args.consumer, ctx.args.partition)
         with target.transaction():
             position = oplog.Consumer(consumer).position(target)
@@ -709,40 +725,6 @@ def cmd_replicate(ctx: Context) -> int:
             f" lag {lag.entries} entries\n"
         )
     return EXIT_OK
-
-
-class _Progress:
-    """One line on a terminal, redrawn at most twice a second: entries applied, their rate, and
-    the lag (counted on the source only when the line is drawn)."""
-
-    INTERVAL = 0.5
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._start = time.monotonic()
-        self._drawn = 0.0
-        self._shown = False
-
-    def show(self, total: int, lag: Callable[[], oplog.Lag]) -> None:
-        now = time.monotonic()
-        if self._shown and now - self._drawn < self.INTERVAL:
-            return
-        self._drawn = now
-        self._shown = True
-        behind = lag()
-        rate = total / max(now - self._start, 1e-9)
-        age = "" if behind.age is None else f", oldest {behind.age.total_seconds():.1f} s old"
-        # \r returns to the line's start, ESC[K clears what a longer line left.
-        self._out.write(
-            f"\r\x1b[Kapplied {total:,} entries ({rate:,.0f}/s); lag {behind.entries:,}"
-            f" entries{age}"
-        )
-        self._out.flush()
-
-    def end(self) -> None:
-        if self._shown:
-            self._out.write("\n")
-            self._out.flush()
 
 
 def cmd_stats(ctx: Context) -> int:
