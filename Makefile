@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-rust test-python lint proto bench bench-smoke fuzz fuzz-tool fuzz-smoke fuzz-cmin clean
+.PHONY: setup demo test test-rust test-python lint proto sync bench bench-smoke fuzz fuzz-tool fuzz-smoke fuzz-cmin clean
 
 setup:
 	@scripts/setup.sh
@@ -28,11 +28,17 @@ lint: setup
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest oplog._core
 	$(PY) scripts/gen_proto.py --check
+	$(PY) scripts/async_to_sync.py --check
 	cargo fmt --check
 	PYO3_PYTHON=$(abspath $(PY)) cargo clippy --quiet --all-targets --features extension-module -- -D warnings
 
 proto: setup
 	$(PY) scripts/gen_proto.py
+
+# The sync modules (log.py, consumer.py, transaction.py, writer.py, replay.py) from their asyncio
+# sources (*_async.py): edit those, then run this.
+sync: setup
+	$(PY) scripts/async_to_sync.py
 
 bench: setup
 	mkdir -p .benchmarks

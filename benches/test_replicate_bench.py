@@ -29,7 +29,7 @@ from psycopg import sql
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
-from oplog.log import BatchItem
+from oplog import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests.db import CATALOG, TEST_TABLES, WRAPPER
 from tests.pg import Server, has_pg15, logical_replication_pair

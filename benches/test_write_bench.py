@@ -23,7 +23,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
 from benches.conftest import alternating
-from oplog.log import BatchItem
+from oplog import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import workers
 from tests.db import CATALOG, WRAPPER

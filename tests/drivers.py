@@ -12,9 +12,7 @@ from typing import Any
 import psycopg
 
 import oplog
-from oplog import aio
-from oplog.log import BatchItem
-from oplog.tail import Checkpoint
+from oplog import BatchItem, Checkpoint, aio
 from tests.db import CATALOG, WRAPPER
 
 

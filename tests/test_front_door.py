@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import oplog
-from oplog.log import BatchItem
+from oplog import BatchItem
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from tests.db import CATALOG, WRAPPER, count, reset, rows
 from tests.drivers import Driver

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 
 import oplog
+from oplog import Checkpoint
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
-from oplog.tail import Checkpoint
 from tests.db import CATALOG, WRAPPER
 
 _CONNECTIONS: dict[str, psycopg.Connection[Any]] = {}

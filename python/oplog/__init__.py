@@ -6,12 +6,17 @@ The names below are the public API; ``oplog._core`` (the Rust codec) is private.
 
 from __future__ import annotations
 
+from oplog.batch import BatchItem
 from oplog.catalog import Table, TypeCatalog
+from oplog.checkpoint import Checkpoint, Lag, partition_of
+from oplog.consumer import Consumer
 from oplog.entry import Entry
 from oplog.errors import (
     DecodeError,
     DecryptError,
+    EmbeddedServerError,
     InvalidParameterError,
+    KeyFileError,
     OplogError,
     SchemaError,
     TicketAlreadyRedeemedError,
@@ -24,7 +29,6 @@ from oplog.operation import Operation, OperationOptions, OpType
 from oplog.queue import Queue
 from oplog.replay import Replayer
 from oplog.schema import migrate, migrate_down
-from oplog.tail import Checkpoint, Consumer, Lag, partition_of
 from oplog.ticket import Ticket, Ticketer
 from oplog.transaction import run_in_transaction
 from oplog.wrapping import AeadWrapper, MultiWrapper, Wrapper
@@ -32,12 +36,15 @@ from oplog.writer import Writer
 
 __all__ = [
     "AeadWrapper",
+    "BatchItem",
     "Checkpoint",
     "Consumer",
     "DecodeError",
     "DecryptError",
+    "EmbeddedServerError",
     "Entry",
     "InvalidParameterError",
+    "KeyFileError",
     "Lag",
     "MultiWrapper",
     "OpType",

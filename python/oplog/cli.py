@@ -34,16 +34,14 @@ from typing import Any, NoReturn, TextIO
 
 import psycopg
 from google.protobuf.json_format import MessageToDict
-from psycopg import sql
 
 import oplog
-from oplog import _core, embedded, keyfile, schema
-from oplog._db import execute
+from oplog import _core, embedded, inspection, keyfile, schema
 from oplog.catalog import check_identifier
-from oplog.entry import Entry, Metadata, group_metadata
-from oplog.log import READ_METADATA
+from oplog.checkpoint import check_partition, partition_consumer
+from oplog.consumer import lag_behind
+from oplog.entry import Entry
 from oplog.replay import tables_equal
-from oplog.tail import LAG, check_partition, lag_of, lag_params, partition_consumer
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -102,7 +100,7 @@ class Context:
             return str(dsn)
         try:
             return embedded.ensure_running(self.data_dir)
-        except embedded.EmbeddedServerError as exc:
+        except oplog.EmbeddedServerError as exc:
             _fail(EXIT_DB, str(exc))
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -135,7 +133,7 @@ class Context:
             return keyfile.load_wrapper(
                 self.key_file, strict_permissions=bool(getattr(self.args, "strict_perms", False))
             )
-        except keyfile.KeyFileError as exc:
+        except oplog.KeyFileError as exc:
             _fail(EXIT_KEY, str(exc))
 
     def catalog(self) -> oplog.TypeCatalog | None:
@@ -260,26 +258,7 @@ def _entries(
     ctx: Context, conn: psycopg.Connection[Any], ids: list[int] | None = None
 ) -> Iterator[tuple[Entry | None, int, str | None]]:
     """(entry, id, error) for every stored entry, decrypting each; errors do not stop it."""
-    wrapper = ctx.wrapper()
-    query = "select id, create_time, version, aggregate_name, data, key_id from oplog_entry"
-    params: tuple[Any, ...] = ()
-    if ids is not None:
-        query += " where id = any(%s)"
-        params = (ids,)
-    with conn.cursor(name="oplog_entries") as cur:
-        cur.itersize = 500
-        cur.execute((query + " order by id").encode(), params)
-        for id_, create_time, version, name, data, key_id in cur:
-            entry = Entry.from_row(
-                id=id_, create_time=create_time, version=version, aggregate_name=name,
-                data=bytes(data), key_id=key_id, metadata={}, wrapper=wrapper,
-            )  # fmt: skip
-            try:
-                entry.decrypt_data()
-            except oplog.DecryptError as exc:
-                yield None, id_, f"does not decrypt: {exc}"
-                continue
-            yield entry, id_, None
+    return inspection.stored_entries(conn, ctx.wrapper(), ids)
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -349,32 +328,19 @@ def cmd_migrate(ctx: Context) -> int:
 
 def cmd_ls(ctx: Context) -> int:
     """Lists entries (filters: aggregate, after id, limit, metadata key=value)."""
-    conditions = [sql.SQL("e.id > %s")]
-    params: list[Any] = [ctx.args.after]
-    if ctx.args.aggregate:
-        conditions.append(sql.SQL("e.aggregate_name = %s"))
-        params.append(ctx.args.aggregate)
+    filters: list[tuple[str, str]] = []
     for item in ctx.args.metadata or []:
         key, sep, value = item.partition("=")
         if not sep:
             _fail(EXIT_USAGE, f"--metadata takes key=value, not {item!r}")
-        conditions.append(
-            sql.SQL(
-                "exists (select 1 from oplog_metadata m where m.entry_id = e.id"
-                " and m.key = %s and m.value = %s)"
-            )
-        )
-        params += [key, value]
-    query = sql.SQL("select e.id from oplog_entry e where {} order by e.id{}").format(
-        sql.SQL(" and ").join(conditions),
-        sql.SQL(" limit %s") if ctx.args.limit is not None else sql.SQL(""),
-    )
-    if ctx.args.limit is not None:
-        params.append(ctx.args.limit)
+        filters.append((key, value))
     with ctx.connect() as conn:
         ctx.migrated(conn)
-        ids = [r[0] for r in execute(conn, query, params).fetchall()]
-        metadata = _metadata(conn, ids)
+        ids = inspection.entry_ids(
+            conn, after=ctx.args.after, aggregate=ctx.args.aggregate or None, metadata=filters,
+            limit=ctx.args.limit,
+        )  # fmt: skip
+        metadata = inspection.entry_metadata(conn, ids)
         rows = []
         for entry, id_, error in _entries(ctx, conn, ids):
             if entry is None:
@@ -395,10 +361,6 @@ def cmd_ls(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Metadata]:
-    return group_metadata(execute(conn, READ_METADATA, (ids,)).fetchall())
-
-
 def cmd_show(ctx: Context) -> int:
     """Shows one entry and its operations."""
     catalog = ctx.catalog()
@@ -410,7 +372,7 @@ def cmd_show(ctx: Context) -> int:
         entry, id_, error = found[0]
         if entry is None:
             _fail(EXIT_KEY, f"entry {id_} {error}")
-        metadata = _metadata(conn, [id_]).get(id_, {})
+        metadata = inspection.entry_metadata(conn, [id_]).get(id_, {})
     try:
         ops = _describe_ops(entry, catalog)
     except (oplog.DecodeError, oplog.UnknownTypeError) as exc:
@@ -447,7 +409,7 @@ def cmd_verify(ctx: Context) -> int:
     checked = 0
     with ctx.connect() as conn:
         ctx.migrated(conn)
-        total = _count(conn)
+        total = inspection.count_entries(conn)
         progress = Progress("verify", total)
         for entry, id_, error in _entries(ctx, conn):
             checked += 1
@@ -478,11 +440,6 @@ def cmd_verify(ctx: Context) -> int:
             + "\n"
         )
     return EXIT_OK if not problems else EXIT_VERIFY
-
-
-def _count(conn: psycopg.Connection[Any]) -> int:
-    row = execute(conn, "select count(*) from oplog_entry").fetchone()
-    return int(row[0]) if row else 0
 
 
 def _replay_and_compare(
@@ -610,7 +567,7 @@ def cmd_replay(ctx: Context) -> int:
         ctx.migrated(conn)
         log = oplog.Oplog(ctx.wrapper(), catalog)
         replayer = oplog.Replayer(oplog.Writer(conn, catalog), ctx.args.suffix)
-        progress = Progress("replay", _count(conn))
+        progress = Progress("replay", inspection.count_entries(conn))
         with conn.transaction():
             try:
                 count = _replay_pages(
@@ -731,29 +688,14 @@ def cmd_stats(ctx: Context) -> int:
     """Entries per aggregate, sizes, key ids in use, ticket versions, consumer positions."""
     with ctx.connect() as conn:
         ctx.migrated(conn)
-        aggregates = execute(
-            conn,
-            "select aggregate_name, count(*), sum(length(data)), min(id), max(id)"
-            " from oplog_entry group by 1 order by 1",
-        ).fetchall()
-        keys = execute(
-            conn, "select key_id, count(*) from oplog_entry group by 1 order by 1"
-        ).fetchall()
-        tickets = execute(conn, "select name, version from oplog_ticket order by name").fetchall()
-        consumers = (
-            execute(
-                conn, "select name, checkpoint, update_time from oplog_consumer order by name"
-            ).fetchall()
-            if 2 in schema.applied_versions(conn)
-            else []
-        )
+        stats = inspection.log_stats(conn)
     rows: list[dict[str, Any]] = [
         {"kind": "aggregate", "name": a, "entries": n, "bytes": b, "first_id": lo, "last_id": hi}
-        for a, n, b, lo, hi in aggregates
+        for a, n, b, lo, hi in stats.aggregates
     ]
-    rows += [{"kind": "key", "name": k, "entries": n} for k, n in keys]
-    rows += [{"kind": "ticket", "name": t, "version": v} for t, v in tickets]
-    lags = _lags(ctx, [oplog.Checkpoint.parse(c) for _, c, _ in consumers])
+    rows += [{"kind": "key", "name": k, "entries": n} for k, n in stats.keys]
+    rows += [{"kind": "ticket", "name": t, "version": v} for t, v in stats.tickets]
+    lags = _lags(ctx, [oplog.Checkpoint.parse(c) for _, c, _ in stats.consumers])
     rows += [
         {
             "kind": "consumer",
@@ -763,10 +705,10 @@ def cmd_stats(ctx: Context) -> int:
             "lag": lag.entries,
             "lag_seconds": None if lag.age is None else round(lag.age.total_seconds(), 3),
         }
-        for (n, c, u), lag in zip(consumers, lags)
+        for (n, c, u), lag in zip(stats.consumers, lags)
     ]
     columns = ["kind", "name", "entries", "bytes", "first_id", "last_id", "version"]
-    extra = ["checkpoint", "updated", "lag", "lag_seconds"] if consumers else []
+    extra = ["checkpoint", "updated", "lag", "lag_seconds"] if stats.consumers else []
     ctx.emit(rows, columns + extra)
     return EXIT_OK
 
@@ -784,8 +726,7 @@ def _lags(ctx: Context, positions: list[oplog.Checkpoint]) -> list[oplog.Lag]:
 
 
 def _lag(source: psycopg.Connection[Any], position: oplog.Checkpoint) -> oplog.Lag:
-    row = execute(source, LAG, lag_params(position)).fetchone()
-    return lag_of(row)
+    return lag_behind(source, position)
 
 
 def cmd_keygen(ctx: Context) -> int:
@@ -797,7 +738,7 @@ def cmd_keygen(ctx: Context) -> int:
     try:
         keyfile.add_key(path, key_id, replace=bool(ctx.args.force))
         ids = ctx.wrapper().key_ids
-    except (keyfile.KeyFileError, oplog.InvalidParameterError) as exc:
+    except (oplog.KeyFileError, oplog.InvalidParameterError) as exc:
         _fail(EXIT_KEY, str(exc))
     if ctx.json:
         ctx.out.write(json.dumps({"key_file": str(path), "primary": key_id, "key_ids": ids}) + "\n")
@@ -830,7 +771,7 @@ def cmd_server(ctx: Context) -> int:
                 else f"not running; data directory {st.data_dir} "
                 + ("exists" if st.initialized else "is not initialized")
             )
-    except embedded.EmbeddedServerError as exc:
+    except oplog.EmbeddedServerError as exc:
         _fail(EXIT_DB, str(exc))
     ctx.out.write((json.dumps(state) if ctx.json else text) + "\n")
     return EXIT_OK
@@ -992,7 +933,7 @@ def _not_utf8(argv: Sequence[str]) -> str | None:
 
 # The library's errors that reach main, in the order they are tested: class, exit code, line.
 _ERRORS: list[tuple[type[Exception] | tuple[type[Exception], ...], int, str]] = [
-    ((oplog.DecryptError, keyfile.KeyFileError), EXIT_KEY, "{}"),
+    ((oplog.DecryptError, oplog.KeyFileError), EXIT_KEY, "{}"),
     (oplog.SchemaError, EXIT_SCHEMA, "{}"),
     (oplog.InvalidParameterError, EXIT_USAGE, "{}"),
     (oplog.UnknownTypeError, EXIT_TYPES, "{} (the --types catalog)"),

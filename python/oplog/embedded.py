@@ -8,13 +8,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from oplog.errors import OplogError
+from oplog.errors import EmbeddedServerError
 
 __all__ = ["EmbeddedStatus", "default_data_dir", "ensure_running", "status", "stop"]
-
-
-class EmbeddedServerError(OplogError):
-    """The embedded server is not installed or did not start or stop."""
 
 
 ROOT_DATA_DIR = Path("/var/lib/oplog/pgdata")

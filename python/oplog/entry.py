@@ -6,7 +6,9 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from oplog import _sql
 from oplog._db import execute
+from oplog._dberrors import ticket_conflicts
 from oplog.catalog import TypeCatalog
 from oplog.errors import DecryptError, InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
@@ -17,15 +19,15 @@ from oplog.ticket import (
     Ticketer,
     check_aggregate_name,
     check_text,
-    conflicts_as_ticket_errors,
 )
 from oplog.wrapping import Wrapper
 from oplog.writer import Writer
 
 __all__ = [
-    "WRITE_ENTRY",
+    "PAGE_SIZE",
     "Entry",
     "Metadata",
+    "ReadPages",
     "entries_from_rows",
     "group_metadata",
     "metadata_rows",
@@ -34,30 +36,6 @@ __all__ = [
 
 Metadata = dict[str, list[str]]
 """Key -> values. A key with an empty list is stored as a key without a value."""
-
-# Redeem the ticket and insert the entry and its metadata in one statement (one round trip).
-# The entry is inserted only from the ticket row the redeem returned, so a conflict inserts
-# nothing and burns no identity value. With a ticket version (Entry.write) the redeem succeeds
-# only from that version; without one (Oplog.write) it takes the current one, waiting for a
-# concurrent writer at READ COMMITTED and failing with a serialization error above it. No row
-# back means a stale version, or a ticket that does not exist yet.
-WRITE_ENTRY = """
-with ticket as (
-  update oplog_ticket set version = version + 1, update_time = current_timestamp
-  where name = %(ticket)b::text
-    and (%(ticket_version)b::bigint is null or version = %(ticket_version)b::bigint)
-  returning id
-), entry as (
-  insert into oplog_entry (version, aggregate_name, data, key_id)
-  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
-  returning id, create_time
-), metadata as (
-  insert into oplog_metadata (entry_id, key, value)
-  select entry.id, m.key, m.value
-  from entry, unnest(%(keys)b::text[], %(values)b::text[]) as m (key, value)
-)
-select id, create_time from entry
-"""
 
 
 def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Metadata:
@@ -294,10 +272,10 @@ class Entry:
         if not self._encrypted:
             self.encrypt_data()
         keys, values = metadata_rows(self.metadata)
-        with conflicts_as_ticket_errors(f"write entry for {self.aggregate_name!r}"):
+        with ticket_conflicts(f"write entry for {self.aggregate_name!r}"):
             row = execute(
                 writer.conn,
-                WRITE_ENTRY,
+                _sql.WRITE_ENTRY,
                 {
                     "ticket": ticket.name,
                     "ticket_version": ticket.version,
@@ -355,3 +333,34 @@ def entries_from_rows(
             raise DecryptError(f"entry {id_} does not decrypt: {exc}") from exc
         out.append(entry)
     return out
+
+
+PAGE_SIZE = 500
+"""Entries per page of a read (and of a replay)."""
+
+
+class ReadPages:
+    """The paging state of a read: which page to ask for next, and its entries."""
+
+    def __init__(self, aggregate_name: str | None, after_id: int, limit: int | None) -> None:
+        if limit is not None and limit < 0:
+            raise InvalidParameterError(f"limit must be >= 0, not {limit}")
+        self.aggregate_name = aggregate_name
+        self.last = after_id
+        self.remaining = limit
+        self.done = False
+
+    def next_query(self) -> tuple[Any, ...] | None:
+        if self.done or (self.remaining is not None and self.remaining <= 0):
+            return None
+        self.page = PAGE_SIZE if self.remaining is None else min(PAGE_SIZE, self.remaining)
+        return (self.last, self.aggregate_name, self.aggregate_name, self.page)
+
+    def entries(self, rows: list[Any], metadata_rows: list[Any], wrapper: Wrapper) -> list[Entry]:
+        out = entries_from_rows(rows, metadata_rows, wrapper)
+        if rows:
+            self.last = rows[-1][0]
+        if self.remaining is not None:
+            self.remaining -= len(rows)
+        self.done = len(rows) < self.page
+        return out

@@ -9,6 +9,8 @@
      ├─ DecodeError(OplogError, ValueError)             malformed queue / envelope / blob
      ├─ UnknownTypeError(OplogError, KeyError)          type name or class not in the catalog
      ├─ DecryptError(OplogError)                        authentication failed, unknown key id, ...
+     ├─ KeyFileError(OplogError)                        a key file missing, unreadable, malformed
+     ├─ EmbeddedServerError(OplogError)                 the embedded server did not start or stop
      ├─ TicketNotFoundError(OplogError)
      └─ TicketConflictError(OplogError)                 another writer redeemed the ticket first;
                                                         the one retryable error
@@ -22,7 +24,9 @@ from __future__ import annotations
 __all__ = [
     "DecodeError",
     "DecryptError",
+    "EmbeddedServerError",
     "InvalidParameterError",
+    "KeyFileError",
     "OplogError",
     "SchemaError",
     "TicketAlreadyRedeemedError",
@@ -72,6 +76,15 @@ class UnknownTypeError(OplogError, KeyError):
 
 class DecryptError(OplogError):
     """A blob could not be decrypted: wrong key, unknown key id, tampered or truncated data."""
+
+
+class KeyFileError(OplogError):
+    """The key file is missing, unreadable, malformed, or (when asked to be strict) readable by
+    others than its owner."""
+
+
+class EmbeddedServerError(OplogError):
+    """The embedded server is not installed or did not start or stop."""
 
 
 class TicketNotFoundError(OplogError):

@@ -17,17 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from oplog.errors import OplogError
+from oplog.errors import KeyFileError
 from oplog.wrapping import KEY_SIZE, AeadWrapper, MultiWrapper
 
 __all__ = ["KeyFileError", "add_key", "load_wrapper", "loose_permissions", "new_key_id"]
 
 logger = logging.getLogger("oplog")
-
-
-class KeyFileError(OplogError):
-    """The key file is missing, unreadable, malformed, or (when asked to be strict) readable by
-    others than its owner."""
 
 
 def new_key_id() -> str:

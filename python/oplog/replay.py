@@ -1,13 +1,15 @@
+# Generated from python/oplog/replay_async.py by scripts/async_to_sync.py: do not edit.
+# Edit the asyncio source, then run `make sync`.
 """Replay: applying decoded operations to tables, in order.
 
 Replaying every entry of a log into suffix tables (``users`` -> ``users_replay``) must reproduce
 the live tables exactly; that is how a log is verified, and (with no suffix) how it is replicated.
+The set-based plan is in :mod:`oplog.replay_plan`; this module runs it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +22,22 @@ from oplog._db import execute
 from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
 from oplog.operation import Operation, OpType
-from oplog.writer import Writer, _Column, _is_unset, _Mapping, to_db
+from oplog.replay_plan import Plan, ReplayCache, Run
+from oplog.writer import Writer
 
 if TYPE_CHECKING:
     from oplog.catalog import TypeCatalog
     from oplog.entry import Entry
 
 __all__ = ["Replayer", "tables_equal"]
+
+# The columns of a table (as the search_path finds it) and their types without modifiers:
+# format_type spells varchar(3) as "character varying" and char(3) as bpchar, so a value too
+# long for its column fails on assignment as an insert of it one by one fails, not truncated.
+_COLUMN_TYPES = (
+    "select a.attname, format_type(a.atttypid, null) from pg_attribute a"
+    " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0 and not a.attisdropped"
+)
 
 
 def _copy(msg: Message) -> Message:
@@ -56,18 +67,19 @@ class Replayer:
         self._writer = writer
         self._suffix = table_suffix
         self._ready: set[str] = set()
-        self._types: dict[str, dict[str, str]] = {}
-        self._statements: dict[tuple[Any, ...], bytes] = {}
-        # Per message class: its target table and mapping (looked up once, not per operation).
-        self._resolved: dict[type[Message], tuple[str, _Mapping]] = {}
+        self._cache = ReplayCache(writer.statements, table_suffix)
 
-    def _target(self, msg: Message) -> str:
-        table = self._writer.catalog.table_of(msg).name
-        target = check_identifier(table + self._suffix, "replay table name")
+    def _ready_table(self, target: str, msg: Message) -> None:
+        """Creates suffix table `target` like `msg`'s table unless it exists (checked once)."""
         if self._suffix and target not in self._ready:
             if not self._writer.has_table(target):
+                table = self._writer.catalog.table_of(msg).name
                 self._writer.create_table_like(table, target)
             self._ready.add(target)
+
+    def _target(self, msg: Message) -> str:
+        target = self._cache.target(msg)
+        self._ready_table(target, msg)
         return target
 
     def apply_entry(self, entry: Entry, catalog: TypeCatalog) -> int:
@@ -84,7 +96,8 @@ class Replayer:
             raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
 
     def apply(self, operations: Iterable[Operation]) -> int:
-        """Applies `operations` in order; returns how many were applied.
+        """Applies `operations` in order, one statement per operation; returns how many were
+        applied. The reference that :meth:`apply_many` must equal.
 
         Consecutive CREATE_ITEMS (or DELETE_ITEMS) of one type are applied as one batch, as
         the Go writer's ``CreateItems`` wrote them.
@@ -157,274 +170,40 @@ class Replayer:
         Raises:
             InvalidParameterError: As :meth:`apply`.
         """
-        plan = _Plan(self)
+        plan = Plan(self._cache)
         for op in operations:
             plan.add(op)
         plan.close()
         conn = self._writer.conn
+        for target, msg in plan.targets.items():
+            self._ready_table(target, msg)
+            self._column_types(target)
         pgarray.register(conn)
         if len(plan.steps) == 1 and not isinstance(plan.steps[0], list):
-            plan.run_step(plan.steps[0])
+            self._run_step(plan, plan.steps[0])
         elif plan.steps:
             with conn.pipeline():
                 for step in plan.steps:
-                    plan.run_step(step)
+                    self._run_step(plan, step)
         return plan.count
+
+    def _run_step(self, plan: Plan, step: Run | list[Operation]) -> None:
+        if isinstance(step, list):
+            self.apply(step)
+            return
+        query, params, prepare = plan.statement(step, self._writer.conn)
+        execute(self._writer.conn, query, params, prepare=prepare)
 
     def _column_types(self, table: str) -> dict[str, str]:
         """The SQL type of each column of `table` (as the search_path finds it), without its
-        modifier."""
-        found = self._types.get(table)
+        modifier (see :data:`_COLUMN_TYPES`); read once per replayer."""
+        found = self._cache.types.get(table)
         if found is None:
-            # Without the type modifier (format_type spells varchar(3) as "character varying",
-            # char(3) as bpchar): values are cast to the type and assigned to the column, so a
-            # value too long for it fails as an insert of it one by one fails, not truncated.
-            rows = execute(
-                self._writer.conn,
-                "select a.attname, format_type(a.atttypid, null) from pg_attribute a"
-                " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0"
-                " and not a.attisdropped",
-                (table,),
-            ).fetchall()
+            rows = execute(self._writer.conn, _COLUMN_TYPES, (table,)).fetchall()
             if not rows:
                 raise SchemaError(f"no table {table!r} on the search_path")
-            found = self._types[table] = {str(name): str(kind) for name, kind in rows}
+            found = self._cache.types[table] = {str(name): str(kind) for name, kind in rows}
         return found
-
-
-def _as_text(value: object) -> str | None:
-    """A column value in PostgreSQL's text input format (None stays NULL): what set-based
-    statements send, cast on the server to the column's type."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that reads back as the same double; inf, nan
-    if isinstance(value, bytes):
-        return "\\x" + value.hex()
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise InvalidParameterError(f"cannot send a {type(value).__name__} value in a set-based replay")
-
-
-_ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
-
-
-class _Run:
-    """Consecutive operations that one statement applies: their kind, table, shape and rows."""
-
-    def __init__(self, kind: str, mapping: _Mapping, target: str, shape: tuple[Any, ...]):
-        self.kind = kind  # "insert" | "update" | "delete"
-        self.mapping = mapping
-        self.target = target
-        self.shape = shape
-        self.columns: list[_Column] = []
-        self.rows: list[list[Any]] = []
-        self.keys: set[tuple[Any, ...]] = set()
-
-
-class _Plan:
-    """The steps of a set-based replay: runs, and operations applied on their own."""
-
-    def __init__(self, replayer: Replayer) -> None:
-        self.replayer = replayer
-        self.writer = replayer._writer
-        self.steps: list[_Run | list[Operation]] = []
-        self.current: _Run | None = None
-        self.count = 0
-
-    def close(self) -> None:
-        if self.current is not None:
-            self.steps.append(self.current)
-            self.current = None
-
-    def _single(self, op: Operation) -> None:
-        self.close()
-        if self.steps and isinstance(self.steps[-1], list):
-            self.steps[-1].append(op)
-        else:
-            self.steps.append([op])
-
-    def add(self, op: Operation) -> None:
-        self.count += 1
-        kind = _KINDS.get(op.op_type)
-        if kind is None or op.options is not None:
-            # Options work row by row (versions, conflicts): applied as apply() would.
-            self._single(op)
-            return
-        w = self.writer
-        msg = op.message
-        resolved = self.replayer._resolved.get(type(msg))
-        if resolved is None:
-            target = self.replayer._target(msg)
-            resolved = self.replayer._resolved[type(msg)] = (target, w._map(msg, target))
-        target, m = resolved
-        key: tuple[Any, ...] | None
-        if kind == "insert":
-            generated = all(_is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
-            columns = m.columns_without_key if generated else m.columns
-            shape: tuple[Any, ...] = (generated,)
-            values = [to_db(msg, c) for c in columns]
-            if generated or not m.primary_key:
-                key = None
-            else:
-                key = tuple(values[i] for i in m.key_positions)
-        elif kind == "update":
-            sets, nulls = w._update_columns(m, op.field_mask, op.null_paths)
-            key = tuple(w._key_params(m, msg))
-            columns = [*m.primary_key, *sets]
-            shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
-            values = [*key, *(to_db(msg, c) for c in sets)]
-        else:
-            key = tuple(w._key_params(m, msg))
-            columns = list(m.primary_key)
-            shape = ()
-            values = list(key)
-        run = self.current
-        if (
-            run is None
-            or run.kind != kind
-            or run.target != target
-            or run.mapping is not m
-            or run.shape != shape
-            or (key is not None and key in run.keys)
-        ):
-            self.close()
-            run = self.current = _Run(kind, m, target, shape)
-            run.columns = columns
-        if key is not None:
-            run.keys.add(key)
-        run.rows.append(values)
-
-    def run_step(self, step: _Run | list[Operation]) -> None:
-        if isinstance(step, list):
-            self.replayer.apply(step)
-            return
-        query, params = self._statement(step)
-        # A join of many rows is planned for their number: a plan cached for a prepared
-        # statement (made for any array, while the table may still have been small) would scan
-        # the whole table for every run. A single row's statement is prepared: its plan is an
-        # index lookup whatever the table's size.
-        prepare = None if len(step.rows) == 1 or step.kind == "insert" else False
-        execute(self.writer.conn, query, params, prepare=prepare)
-
-    def _statement(self, run: _Run) -> tuple[bytes, list[Any]]:
-        names = [c.name for c in run.columns]
-        single = len(run.rows) == 1
-        params: list[Any]
-        if single:
-            params = [_as_text(value) for value in run.rows[0]]
-            if run.kind == "update":
-                # The statement's text sets the columns before it matches the key.
-                keys = len(run.mapping.primary_key)
-                params = params[keys:] + params[:keys]
-        else:
-            params = [
-                pgarray.TextArray.of([_as_text(row[i]) for row in run.rows])
-                for i in range(len(names))
-            ]
-        # Composing costs more than sending: each shape is composed once per replayer.
-        key = (run.kind, run.target, run.shape, single, *names)
-        query = self.replayer._statements.get(key)
-        if query is None:
-            query = self.replayer._statements[key] = self._compose(run, names, single).as_bytes(
-                self.writer.conn
-            )
-        return query, params
-
-    def _compose(self, run: _Run, names: list[str], single: bool) -> sql.Composed:
-        types = self.replayer._column_types(run.target)
-        table = sql.Identifier(run.target)
-        unnest = sql.SQL("unnest({}) as u ({})").format(
-            sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
-            sql.SQL(", ").join(map(sql.Identifier, names)),
-        )
-
-        def cast(name: str) -> sql.Composable:
-            try:
-                kind = types[name]
-            except KeyError:
-                raise SchemaError(f"table {run.target!r} has no column {name!r}") from None
-            # The type's name as the server spells it (format_type quotes what needs it); one
-            # row's values are parameters, many rows' are the columns of unnest.
-            value = sql.SQL("%b::text") if single else sql.SQL("u.{}").format(sql.Identifier(name))
-            return sql.SQL("{}::{}").format(value, sql.SQL(kind))
-
-        m = run.mapping
-        if single:
-            return _compose_single(run, table, names, cast)
-        if run.kind == "insert":
-            query = sql.SQL(
-                "insert into {t} ({cols}) overriding system value"
-                " select {vals} from unnest({arrays}) with ordinality as u ({cols}, {ord})"
-                " order by u.{ord}"
-            ).format(
-                t=table,
-                cols=sql.SQL(", ").join(map(sql.Identifier, names)),
-                vals=sql.SQL(", ").join(cast(n) for n in names),
-                arrays=sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
-                ord=_ORD,
-            )
-        elif run.kind == "update":
-            sets, nulls = run.shape
-            assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), cast(n)) for n in sets]
-            assignments += [sql.SQL("{} = null").format(sql.Identifier(n)) for n in nulls]
-            query = sql.SQL("update {t} as t set {a} from {u} where {w}").format(
-                t=table,
-                a=sql.SQL(", ").join(assignments),
-                u=unnest,
-                w=_key_match(m, cast),
-            )
-        else:
-            query = sql.SQL("delete from {t} as t using {u} where {w}").format(
-                t=table, u=unnest, w=_key_match(m, cast)
-            )
-        return query
-
-
-def _key_match(m: _Mapping, cast: Callable[[str], sql.Composable]) -> sql.Composable:
-    return sql.SQL(" and ").join(
-        sql.SQL("t.{} = {}").format(sql.Identifier(c.name), cast(c.name)) for c in m.primary_key
-    )
-
-
-def _compose_single(
-    run: _Run, table: sql.Identifier, names: list[str], cast: Callable[[str], sql.Composable]
-) -> sql.Composed:
-    """The statement of a run of one row, its values as parameters in the order they appear
-    (for an update, the columns it sets, then the key)."""
-    if run.kind == "insert":
-        return sql.SQL("insert into {t} ({cols}) overriding system value values ({vals})").format(
-            t=table,
-            cols=sql.SQL(", ").join(map(sql.Identifier, names)),
-            vals=sql.SQL(", ").join(cast(n) for n in names),
-        )
-    keys = len(run.mapping.primary_key)
-    if run.kind == "update":
-        sets, nulls = run.shape
-        assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), cast(n)) for n in sets]
-        assignments += [sql.SQL("{} = null").format(sql.Identifier(n)) for n in nulls]
-        head = sql.SQL("update {t} as t set {a}").format(t=table, a=sql.SQL(", ").join(assignments))
-    else:
-        head = sql.SQL("delete from {t} as t").format(t=table)
-    return sql.SQL("{} where {}").format(
-        head,
-        sql.SQL(" and ").join(
-            sql.SQL("t.{} = {}").format(sql.Identifier(n), cast(n)) for n in names[:keys]
-        ),
-    )
-
-
-_KINDS = {
-    OpType.CREATE: "insert",
-    OpType.CREATE_ITEMS: "insert",
-    OpType.UPDATE: "update",
-    OpType.DELETE: "delete",
-    OpType.DELETE_ITEMS: "delete",
-}
 
 
 def tables_equal(conn: psycopg.Connection[Any], live: str, replayed: str) -> bool:

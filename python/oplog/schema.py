@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from oplog import _sql
 from oplog._db import execute
 from oplog.errors import InvalidParameterError
 
@@ -23,14 +24,6 @@ __all__ = ["Migration", "applied_versions", "migrate", "migrate_down", "migratio
 # An arbitrary constant naming oplog's migration lock (pg_advisory_xact_lock takes a bigint).
 _LOCK_KEY = 0x6F706C6F67  # "oplog"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
-
-_TRACKING_TABLE = """
-create table if not exists oplog_schema_migrations (
-  version integer primary key,
-  name text not null,
-  applied_at timestamptz not null default current_timestamp
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -59,18 +52,18 @@ def migrations() -> list[Migration]:
 
 
 def _lock(conn: psycopg.Connection[Any]) -> None:
-    execute(conn, "select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-    execute(conn, _TRACKING_TABLE)
+    execute(conn, _sql.MIGRATIONS_LOCK, (_LOCK_KEY,))
+    execute(conn, _sql.MIGRATIONS_TABLE)
 
 
 def _applied(conn: psycopg.Connection[Any]) -> set[int]:
-    rows = execute(conn, "select version from oplog_schema_migrations").fetchall()
+    rows = execute(conn, _sql.MIGRATIONS_APPLIED).fetchall()
     return {int(row[0]) for row in rows}
 
 
 def applied_versions(conn: psycopg.Connection[Any]) -> list[int]:
     """The migration versions recorded as applied (empty when oplog was never migrated)."""
-    exists = execute(conn, "select to_regclass('oplog_schema_migrations') is not null").fetchone()
+    exists = execute(conn, _sql.MIGRATIONS_EXIST).fetchone()
     if not exists or not exists[0]:
         return []
     return sorted(_applied(conn))
@@ -93,11 +86,7 @@ def migrate(conn: psycopg.Connection[Any], *, target: int | None = None) -> list
             if m.version in done or (target is not None and m.version > target):
                 continue
             execute(conn, m.up.encode())
-            execute(
-                conn,
-                "insert into oplog_schema_migrations (version, name) values (%s, %s)",
-                (m.version, m.name),
-            )
+            execute(conn, _sql.MIGRATION_RECORD, (m.version, m.name))
             applied_now.append(m.version)
     return applied_now
 
@@ -121,6 +110,6 @@ def migrate_down(conn: psycopg.Connection[Any], *, target: int = 0) -> list[int]
             if m.version not in done or m.version <= target:
                 continue
             execute(conn, m.down.encode())
-            execute(conn, "delete from oplog_schema_migrations where version = %s", (m.version,))
+            execute(conn, _sql.MIGRATION_FORGET, (m.version,))
             reverted.append(m.version)
     return reverted

@@ -7,24 +7,21 @@ changes no row means another writer committed first: the whole transaction must 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import psycopg
-from psycopg import errors as pg_errors
 
+from oplog import _sql
 from oplog._db import execute
+from oplog._dberrors import ticket_conflicts
 from oplog.errors import InvalidParameterError, TicketConflictError, TicketNotFoundError
 
 __all__ = [
     "GLOBAL_TICKET",
-    "INIT_TICKET",
     "MAX_TEXT_BYTES",
     "LockMode",
     "Ticket",
     "Ticketer",
-    "conflicts_as_ticket_errors",
     "ticket_name",
 ]
 
@@ -32,11 +29,6 @@ GLOBAL_TICKET = "global"
 """The one ticket every aggregate shares when ``aggregate_names=False``."""
 
 LockMode = Literal["optimistic", "pessimistic"]
-
-INIT_TICKET = (
-    "insert into oplog_ticket (name, version) values (%s, 1) on conflict (name) do nothing"
-)
-"""Creates a ticket at version 1 unless it exists."""
 
 
 MAX_TEXT_BYTES = 2048
@@ -81,38 +73,12 @@ def ticket_name(aggregate_name: str, aggregate_names: bool) -> str:
     return aggregate_name if aggregate_names else GLOBAL_TICKET
 
 
-# SQLSTATEs that mean "another transaction got there first; retry from the start".
-_CONFLICTS = (
-    pg_errors.SerializationFailure,  # 40001
-    pg_errors.DeadlockDetected,  # 40P01
-    pg_errors.UniqueViolation,  # 23505
-)
-
-
 class Ticket(NamedTuple):
     """A ticket as read: redeeming it succeeds only if `version` is still current."""
 
     id: int
     name: str
     version: int
-
-
-@contextmanager
-def conflicts_as_ticket_errors(what: str) -> Iterator[None]:
-    """Turns serialization failures, deadlocks and unique violations on oplog's own tables
-    (two writers creating one ticket) into TicketConflictError.
-
-    Classified by SQLSTATE and the table the server names, never by message text: a unique
-    violation on the caller's data (Oplog.apply) is not a conflict a retry can resolve.
-    """
-    try:
-        yield
-    except _CONFLICTS as exc:
-        if isinstance(exc, pg_errors.UniqueViolation) and not (
-            exc.diag.table_name or ""
-        ).startswith("oplog_"):
-            raise
-        raise TicketConflictError(f"{what}: {exc.sqlstate} {exc.diag.message_primary}") from exc
 
 
 def check_lock_mode(lock: str) -> LockMode:
@@ -159,8 +125,8 @@ class Ticketer:
     def init_ticket(self, aggregate_name: str) -> None:
         """Creates the ticket of `aggregate_name` at version 1 unless it exists (idempotent)."""
         name = self.ticket_name(aggregate_name)
-        with conflicts_as_ticket_errors(f"init ticket {name!r}"):
-            execute(self._conn, INIT_TICKET, (name,))
+        with ticket_conflicts(f"init ticket {name!r}"):
+            execute(self._conn, _sql.INIT_TICKET, (name,))
 
     def get_ticket(self, aggregate_name: str, *, lock: LockMode | None = None) -> Ticket:
         """Reads the ticket of `aggregate_name` (``FOR UPDATE`` in pessimistic mode).
@@ -175,12 +141,8 @@ class Ticketer:
         """
         name = self.ticket_name(aggregate_name)
         mode = self._lock if lock is None else check_lock_mode(lock)
-        query = (
-            "select id, name, version from oplog_ticket where name = %s for update"
-            if mode == "pessimistic"
-            else "select id, name, version from oplog_ticket where name = %s"
-        )
-        with conflicts_as_ticket_errors(f"get ticket {name!r}"):
+        query = _sql.TICKET_FOR_UPDATE if mode == "pessimistic" else _sql.TICKET
+        with ticket_conflicts(f"get ticket {name!r}"):
             row = execute(self._conn, query, (name,)).fetchone()
         if row is None:
             raise TicketNotFoundError(f"no ticket for {name!r}: call init_ticket() first")
@@ -194,13 +156,8 @@ class Ticketer:
                 (0 rows updated), or the update hit a serialization failure, deadlock or unique
                 violation. The caller's transaction must be rolled back.
         """
-        with conflicts_as_ticket_errors(f"redeem ticket {ticket.name!r}"):
-            cur = execute(
-                self._conn,
-                "update oplog_ticket set version = version + 1, update_time = current_timestamp"
-                " where id = %s and version = %s",
-                (ticket.id, ticket.version),
-            )
+        with ticket_conflicts(f"redeem ticket {ticket.name!r}"):
+            cur = execute(self._conn, _sql.REDEEM_TICKET_VERSION, (ticket.id, ticket.version))
         if cur.rowcount != 1:
             raise TicketConflictError(
                 f"ticket {ticket.name!r} version {ticket.version} was already redeemed"

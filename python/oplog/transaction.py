@@ -1,41 +1,21 @@
+# Generated from python/oplog/transaction_async.py by scripts/async_to_sync.py: do not edit.
+# Edit the asyncio source, then run `make sync`.
 """Running a unit of work in a transaction, retrying it when a ticket conflict says so."""
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq
 
-from oplog.errors import InvalidParameterError, TicketConflictError
+from oplog._compat import sleep
+from oplog._retry import backoff_seconds, check_retry_arguments
+from oplog.errors import TicketConflictError
 
-__all__ = ["backoff_seconds", "check_retry_arguments", "run_in_transaction"]
+__all__ = ["run_in_transaction"]
 
 T = TypeVar("T")
-
-
-def check_retry_arguments(
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
-    retries: int,
-    backoff: float,
-    max_backoff: float,
-) -> None:
-    """Raises InvalidParameterError for negative settings or a connection mid-transaction."""
-    if retries < 0 or backoff < 0 or max_backoff < 0:
-        raise InvalidParameterError("retries, backoff and max_backoff must be >= 0")
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise InvalidParameterError(
-            "run_in_transaction needs a connection with no transaction open"
-        )
-
-
-def backoff_seconds(attempt: int, backoff: float, max_backoff: float) -> float:
-    """How long to wait before retry `attempt` (1-based): full jitter over an exponential cap,
-    so that concurrent losers spread out instead of colliding again in step."""
-    return random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1)))
 
 
 def run_in_transaction(
@@ -81,4 +61,4 @@ def run_in_transaction(
                 raise
             if on_retry is not None:
                 on_retry(attempt, conflict)
-            time.sleep(backoff_seconds(attempt, backoff, max_backoff))
+            sleep(backoff_seconds(attempt, backoff, max_backoff))

@@ -1,4 +1,4 @@
-"""Following the log as it commits: checkpoints, tails, and named consumer positions.
+"""Checkpoints: where a tail of the log is, and the I/O-free state of a tail that moves it.
 
 Reading "entries with id > the last one seen" skips entries: an id is taken when the entry is
 inserted, but the transaction commits later, so an entry with a lower id can become visible
@@ -22,18 +22,15 @@ before it waited for the ticket.
 
 The tail runs on a connection of its own, outside any transaction (each poll is one short
 read-only transaction); a consumer applies what it reads on another connection and saves its
-checkpoint there, in the same transaction (:class:`Consumer`, :func:`consume`).
+checkpoint there, in the same transaction (:class:`oplog.Consumer`, :meth:`oplog.Oplog.consume`).
+The tail's loop is :meth:`oplog.Oplog.tail`; its state between queries is :class:`TailCursor`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import re
-import threading
-import time
-from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,35 +38,24 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from oplog._db import execute
 from oplog.entry import Entry, entries_from_rows
-from oplog.errors import InvalidParameterError, OplogError, SchemaError
+from oplog.errors import InvalidParameterError, OplogError
 from oplog.wrapping import Wrapper
 
 __all__ = [
-    "CONSUMER_TABLE",
-    "LAG",
-    "SNAPSHOT",
-    "TAIL_METADATA",
-    "TAIL_PAGE",
     "Checkpoint",
-    "Consumer",
-    "ConsumerBase",
     "Lag",
+    "TailCursor",
     "TailPage",
     "check_consume_connections",
     "check_partition",
     "check_tail_arguments",
-    "consume",
     "lag_of",
     "lag_params",
-    "needs_migration_2",
+    "listen_statement",
     "partition_consumer",
     "partition_of",
-    "tail_pages",
 ]
-
-CONSUMER_TABLE = "oplog_consumer"
 
 _SNAPSHOT = re.compile(r"^(\d{1,20}):(\d{1,20}):((?:\d{1,20}(?:,\d{1,20})*)?)$")
 
@@ -163,33 +149,6 @@ class Checkpoint:
 # entry is new, including those written before migration 2 (transaction id 1).
 Checkpoint.START = Checkpoint("1:1:")
 
-# The current snapshot, as text. In autocommit (or a fresh transaction at READ COMMITTED) it is
-# the snapshot of this statement.
-SNAPSHOT = "select pg_current_snapshot()::text"
-
-# One page of a poll: entries of transactions `reading` sees and `seen` does not, in id order.
-# The first two conditions bound the index range; `reading` is passed explicitly, so a page can
-# be read in any later transaction and still selects the same entries. Never prepared: the best
-# plan depends on the snapshots (catching up: walk the primary key; following: the few entries
-# of recent transactions, sorted), and a generic plan sorts the whole range for every page.
-TAIL_PAGE = """
-select id, create_time, version, aggregate_name, data, key_id from oplog_entry
-where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
-  and xact_id < pg_snapshot_xmax(%(reading)s::pg_snapshot)
-  and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
-  and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot)
-  and id > %(after)s
-  and (%(parts)s::int = 1
-       or mod(('x' || left(md5(aggregate_name), 8))::bit(32)::bigint, %(parts)s::int)
-          = %(part)s::int)
-order by id
-limit %(limit)s
-"""
-
-TAIL_METADATA = """
-select entry_id, key, value from oplog_metadata where entry_id = any(%s) order by id
-"""
-
 
 def partition_of(aggregate_name: str, partitions: int) -> int:
     """The partition (0 to `partitions` - 1) an aggregate's entries belong to: the first 32
@@ -223,7 +182,7 @@ TailPage = list[tuple[Entry, Checkpoint]]
 """Entries of one page of a poll, each with the checkpoint just after it."""
 
 
-class _Cursor:
+class TailCursor:
     """The I/O-free state of a tail: which snapshot to read next and from where."""
 
     def __init__(
@@ -322,18 +281,6 @@ def check_tail_arguments(
         )
 
 
-@contextlib.contextmanager
-def needs_migration_2() -> Iterator[None]:
-    """Reports a database without migration 2 (the tail's columns and tables) plainly."""
-    try:
-        yield
-    except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable) as exc:
-        raise SchemaError(
-            "the database lacks oplog migration 2 (entry transaction ids, consumer positions):"
-            f" apply it with oplog.migrate ({exc.diag.message_primary})"
-        ) from exc
-
-
 def check_consume_connections(
     source: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
     target: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
@@ -349,78 +296,8 @@ def check_consume_connections(
         )
 
 
-def _listen(channel: str) -> sql.Composed:
+def listen_statement(channel: str) -> sql.Composed:
     return sql.SQL("listen {}").format(sql.Identifier(channel))
-
-
-def tail_pages(
-    conn: psycopg.Connection[Any],
-    wrapper: Wrapper,
-    after: Checkpoint,
-    *,
-    batch_size: int,
-    poll_interval: float,
-    channel: str | None,
-    stop: threading.Event | None,
-    follow: bool,
-    partition: tuple[int, int] | None = None,
-) -> Generator[TailPage, None, None]:
-    """The pages of a tail (see :meth:`oplog.Oplog.tail`); never yields an empty page. With
-    `partition` ``(k, n)``, only entries of aggregates in partition k of n (see
-    :func:`partition_of`)."""
-    check_tail_arguments(conn, batch_size, poll_interval, channel)
-    cursor = _Cursor(after, batch_size, check_partition(partition))
-
-    def end_read() -> None:
-        if not conn.autocommit:
-            conn.commit()
-
-    if channel is not None:
-        execute(conn, _listen(channel))
-        end_read()
-    row = execute(conn, SNAPSHOT).fetchone()
-    assert row is not None
-    cursor.start(row[0])
-    while stop is None or not stop.is_set():
-        if cursor.needs_snapshot:
-            row = execute(conn, SNAPSHOT).fetchone()
-            assert row is not None
-            cursor.begin(row[0])
-        with needs_migration_2():
-            rows = execute(conn, TAIL_PAGE, cursor.params(), prepare=False).fetchall()
-        ids = [row[0] for row in rows]
-        metadata = execute(conn, TAIL_METADATA, (ids,)).fetchall() if ids else []
-        end_read()
-        page = cursor.page(rows, metadata, wrapper)
-        if page:
-            yield page
-        if cursor.caught_up:
-            if not follow:
-                return
-            _wait(conn, channel, poll_interval, stop)
-
-
-def _wait(
-    conn: psycopg.Connection[Any],
-    channel: str | None,
-    seconds: float,
-    stop: threading.Event | None,
-) -> None:
-    """Waits up to `seconds` for a notification on `channel` (if any), or for `stop`."""
-    deadline = time.monotonic() + seconds
-    # With a stop event, wake up often enough to notice it while waiting on the socket.
-    step = 0.2 if stop is not None else seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if stop is not None and stop.is_set():
-            return
-        if channel is None:
-            if stop is not None:
-                stop.wait(left)
-            else:
-                time.sleep(left)
-            return
-        if any(True for _ in conn.notifies(timeout=min(step, left), stop_after=1)):
-            return
 
 
 @dataclass(frozen=True)
@@ -438,163 +315,11 @@ class Lag:
     age: dt.timedelta | None
 
 
-# Committed entries a checkpoint has not delivered: visible in the current snapshot, not in
-# `seen`, and (inside a poll) not among the poll's entries up to `after`.
-LAG = """
-select count(*), min(create_time), current_timestamp - min(create_time) from oplog_entry
-where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
-  and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
-  and pg_visible_in_snapshot(xact_id, pg_current_snapshot())
-  and not (%(reading)s::pg_snapshot is not null
-           and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot) and id <= %(after)s)
-"""
-
-
 def lag_params(checkpoint: Checkpoint) -> dict[str, Any]:
-    """The parameters of :data:`LAG` for `checkpoint`."""
+    """The parameters of the lag query (``_sql.LAG``) for `checkpoint`."""
     return {"seen": checkpoint.seen, "reading": checkpoint.reading, "after": checkpoint.after_id}
 
 
 def lag_of(row: Any) -> Lag:
-    """The :class:`Lag` of a :data:`LAG` row."""
+    """The :class:`Lag` of a lag query's row."""
     return Lag(int(row[0]), row[1], row[2])
-
-
-class ConsumerBase:
-    """The name of a consumer and the statements on its ``oplog_consumer`` row; the I/O is
-    in :class:`Consumer` and ``oplog.aio.AsyncConsumer``.
-
-    Raises:
-        InvalidParameterError: `name` is not a non-empty str.
-    """
-
-    _GET = sql.SQL("select checkpoint from {} where name = %s").format(
-        sql.Identifier(CONSUMER_TABLE)
-    )
-    _LOCK = _GET + sql.SQL(" for update")
-    _CREATE = sql.SQL(
-        "insert into {} (name, checkpoint) values (%s, %s) on conflict (name) do nothing"
-    ).format(sql.Identifier(CONSUMER_TABLE))
-    _SAVE = sql.SQL(
-        "insert into {} (name, checkpoint) values (%s, %s) on conflict (name)"
-        " do update set checkpoint = excluded.checkpoint, update_time = current_timestamp"
-    ).format(sql.Identifier(CONSUMER_TABLE))
-
-    def __init__(self, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidParameterError(f"a consumer name is a non-empty str, not {name!r}")
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
-
-    def _read_statement(self, lock: bool) -> tuple[sql.Composed, tuple[str]]:
-        return (self._LOCK if lock else self._GET), (self.name,)
-
-    def _create_statement(self) -> tuple[sql.Composed, tuple[str, str]]:
-        return self._CREATE, (self.name, str(Checkpoint.START))
-
-    def _save_statement(self, checkpoint: Checkpoint | str) -> tuple[sql.Composed, tuple[str, str]]:
-        return self._SAVE, (self.name, str(Checkpoint.of(checkpoint)))
-
-
-class Consumer(ConsumerBase):
-    """A named reader of the log whose checkpoint is stored in the ``oplog_consumer`` table,
-    in the consumer's own transactions.
-
-    Apply what the tail delivers and :meth:`save` the checkpoint in one transaction, and each
-    entry is processed exactly once across crashes and restarts (:meth:`oplog.Oplog.consume`
-    does this loop).
-
-    Raises:
-        InvalidParameterError: `name` is not a non-empty str.
-    """
-
-    def position(self, conn: psycopg.Connection[Any], *, lock: bool = False) -> Checkpoint:
-        """The consumer's saved checkpoint (:attr:`Checkpoint.START` for a new consumer).
-
-        With `lock`, the consumer's row is created if missing and locked until the caller's
-        transaction ends, so two processes running the same consumer take turns instead of
-        both applying the same entries.
-        """
-        with needs_migration_2():
-            row = execute(conn, *self._read_statement(lock)).fetchone()
-            if row is None and lock:
-                # A new consumer: make the row that the lock needs (once), then take it.
-                execute(conn, *self._create_statement())
-                row = execute(conn, *self._read_statement(lock)).fetchone()
-        return Checkpoint.START if row is None else Checkpoint.parse(row[0])
-
-    def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
-        """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
-        with needs_migration_2():
-            execute(conn, *self._save_statement(checkpoint))
-
-    def lag(
-        self, source: psycopg.Connection[Any], target: psycopg.Connection[Any] | None = None
-    ) -> Lag:
-        """How many committed entries of the log on `source` the consumer has not applied,
-        and how old the oldest of them is. The consumer's position is read from `target`
-        (where it applies entries; default `source`).
-
-        One count over the entries after the position: cheap while the consumer keeps up,
-        a scan of the backlog when it does not.
-        """
-        position = self.position(source if target is None else target)
-        with needs_migration_2():
-            row = execute(source, LAG, lag_params(position)).fetchone()
-        return lag_of(row)
-
-
-def consume(
-    source: psycopg.Connection[Any],
-    target: psycopg.Connection[Any],
-    wrapper: Wrapper,
-    consumer: Consumer,
-    apply: Callable[[psycopg.Connection[Any], Entry], object] | None,
-    *,
-    batch_size: int = 500,
-    poll_interval: float = 1.0,
-    channel: str | None = None,
-    stop: threading.Event | None = None,
-    follow: bool = True,
-    on_commit: Callable[[int, Checkpoint], object] | None = None,
-    apply_page: Callable[[psycopg.Connection[Any], list[Entry]], object] | None = None,
-    partition: tuple[int, int] | None = None,
-) -> int:
-    """See :meth:`oplog.Oplog.consume`; `apply_page` (instead of `apply`) takes a page's
-    entries at once."""
-    check_consume_connections(source, target)
-    with target.transaction():
-        position = consumer.position(target)
-    applied = 0
-    while True:
-        restart = False
-        pages = tail_pages(
-            source, wrapper, position, batch_size=batch_size, poll_interval=poll_interval,
-            channel=channel, stop=stop, follow=follow, partition=partition,
-        )  # fmt: skip
-        try:
-            for page in pages:
-                with target.transaction():
-                    stored = consumer.position(target, lock=True)
-                    if stored != position:
-                        # Another process running this consumer got further: continue from
-                        # where it is (this page was its work).
-                        position, restart = stored, True
-                        break
-                    if apply_page is not None:
-                        apply_page(target, [entry for entry, _ in page])
-                    else:
-                        assert apply is not None
-                        for entry, _ in page:
-                            apply(target, entry)
-                    position = page[-1][1]
-                    consumer.save(target, position)
-                applied += len(page)
-                if on_commit is not None:
-                    on_commit(len(page), position)
-        finally:
-            pages.close()
-        if not restart:
-            return applied

@@ -1,0 +1,247 @@
+"""Every statement oplog runs on its own tables (``oplog_entry``, ``oplog_metadata``,
+``oplog_ticket``, ``oplog_consumer``, ``oplog_schema_migrations``), in one place.
+
+The migrations' DDL is in ``oplog/migrations``; statements on the caller's tables (the data an
+operation changes) are composed per table by :mod:`oplog.mapping`.
+
+Parameters are bound on the server (``%s``), and where their type is known and the value is
+large or an array, in binary (``%b``). A redeem advances a ticket with :data:`ADVANCE_TICKET`
+in every writer: it is the one place a ticket's version changes.
+"""
+
+from __future__ import annotations
+
+# --- tickets ------------------------------------------------------------------------------------
+
+ADVANCE_TICKET = "version = oplog_ticket.version + 1, update_time = current_timestamp"
+"""The SET list of every redeem: the next version, and when it was taken."""
+
+INIT_TICKET = (
+    "insert into oplog_ticket (name, version) values (%s, 1) on conflict (name) do nothing"
+)
+"""Creates a ticket at version 1 unless it exists."""
+
+TICKET = "select id, name, version from oplog_ticket where name = %s"
+TICKET_FOR_UPDATE = TICKET + " for update"
+
+REDEEM_TICKET_VERSION = f"update oplog_ticket set {ADVANCE_TICKET} where id = %s and version = %s"
+"""Redeems a ticket from the version read (Ticketer.redeem): no row updated, a stale read."""
+
+# --- one entry ----------------------------------------------------------------------------------
+
+# Entry.write_entry_with and Oplog.write: redeem the ticket, insert the entry and its metadata,
+# in one statement. Without the ticket nothing is inserted (the entry CTE selects from it), so
+# a missing ticket writes nothing and burns no identity value. With a ticket version
+# (Entry.write_entry_with) the redeem succeeds only from that version; without one (Oplog.write)
+# it takes the current one, waiting for a concurrent writer at READ COMMITTED and failing with
+# a serialization error above it. No row back means a stale version, or a ticket that does not
+# exist yet.
+WRITE_ENTRY = f"""
+with ticket as (
+  update oplog_ticket set {ADVANCE_TICKET}
+  where name = %(ticket)b::text
+    and (%(ticket_version)b::bigint is null or version = %(ticket_version)b::bigint)
+  returning id
+), entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
+  returning id, create_time
+), metadata as (
+  insert into oplog_metadata (entry_id, key, value)
+  select entry.id, m.key, m.value
+  from entry, unnest(%(keys)b::text[], %(values)b::text[]) as m (key, value)
+)
+select id, create_time from entry
+"""
+
+# WRITE_ENTRY for an entry without metadata and without a ticket version: fewer parameters to
+# adapt and send.
+WRITE_ENTRY_ALONE = f"""
+with ticket as (
+  update oplog_ticket set {ADVANCE_TICKET}
+  where name = %(ticket)b::text
+  returning id
+), entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
+  returning id, create_time
+)
+select id, create_time from entry
+"""
+
+# Oplog.apply: after the data CTEs (each changes nothing unless `ticket` returned a row), the
+# entry and its metadata, as in WRITE_ENTRY; positional parameters, after the data's.
+APPLY_TICKET = f"""ticket as (
+  update oplog_ticket set {ADVANCE_TICKET}
+  where name = %b::text returning id
+)""".encode()
+APPLY_ENTRY = b""", entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %b::text, %b::text, %b, %b::text from ticket
+  returning id, create_time
+)"""
+APPLY_METADATA = b""", metadata as (
+  insert into oplog_metadata (entry_id, key, value)
+  select entry.id, m.key, m.value
+  from entry, unnest(%b::text[], %b::text[]) as m (key, value)
+)"""
+APPLY_RESULT = b"""
+select id, create_time from entry"""
+
+# --- a batch ------------------------------------------------------------------------------------
+
+# A batch in one round trip: redeem each of the batch's tickets once, in name order, creating
+# the missing ones on the way (a new ticket starts at version 1, so redeemed it is 2); then
+# insert the entries in input order (so their ids ascend with it) and their metadata. The upsert
+# takes each ticket's row lock (or, for a new one, its key) in name order and nothing else
+# first, so two batches cannot deadlock, with new tickets or existing ones. Parameters are
+# binary, and the large arrays arrive packed by the Rust core (see pgarray.py): dumping them
+# element by element cost a fifth of a batch.
+_BATCH_TICKETS = f"""
+with redeemed as (
+  insert into oplog_ticket (name, version)
+  select t.name, 2 from unnest(%(tickets)b::text[]) as t (name) order by t.name
+  on conflict (name) do update set {ADVANCE_TICKET}
+  returning id
+), """
+_BATCH_ENTRIES = """entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id)
+  select %(version)b::text, u.aggregate_name, u.data, %(key_id)b::text
+  from unnest(%(aggregates)b::text[], %(datas)b::bytea[])
+    with ordinality as u (aggregate_name, data, ord)
+  where {gate}
+  order by u.ord
+  returning id
+), numbered as (
+  select id, row_number() over (order by id) as ord from entry
+), metadata as (
+  insert into oplog_metadata (entry_id, key, value)
+  select n.id, m.key, m.value
+  from unnest(%(meta_ord)b::bigint[], %(keys)b::text[], %(values)b::text[]) as m (ord, key, value)
+  join numbered n on n.ord = m.ord
+)
+select id from numbered order by ord
+"""
+WRITE_MANY = _BATCH_TICKETS + _BATCH_ENTRIES.format(
+    gate="(select count(*) from redeemed) = %(ticket_count)b::bigint"
+)
+
+# A large batch goes in chunks through one pipeline (one round trip still), so that the
+# client encrypts a chunk while the server inserts the one before. The first chunk redeems
+# every ticket of the batch and, only then, sets a transaction-local token that the other
+# chunks require: they insert nothing unless this batch's redeem succeeded in this transaction.
+WRITE_MANY_FIRST = (
+    _BATCH_TICKETS
+    + """armed as (
+  select set_config('oplog.batch', %(token)b::text, true)
+  where (select count(*) from redeemed) = %(ticket_count)b::bigint
+), """
+    + _BATCH_ENTRIES.format(gate="exists (select from armed)")
+)
+WRITE_MANY_NEXT = "with " + _BATCH_ENTRIES.format(
+    gate="current_setting('oplog.batch', true) = %(token)b::text"
+)
+
+# --- reading ------------------------------------------------------------------------------------
+
+_ENTRY_COLUMNS = "id, create_time, version, aggregate_name, data, key_id"
+"""The columns of a stored entry, in the order Entry.from_row's callers unpack them."""
+
+READ_PAGE = f"""
+select {_ENTRY_COLUMNS} from oplog_entry
+where id > %s and (%s::text is null or aggregate_name = %s)
+order by id limit %s
+"""
+
+ENTRY_METADATA = """
+select entry_id, key, value from oplog_metadata where entry_id = any(%s) order by id
+"""
+"""The metadata rows of the entries with the given ids (for a page, or an inspection)."""
+
+ENTRIES_BY_ID = f"select {_ENTRY_COLUMNS} from oplog_entry where id = any(%s) order by id"
+ALL_ENTRIES = f"select {_ENTRY_COLUMNS} from oplog_entry order by id"
+COUNT_ENTRIES = "select count(*) from oplog_entry"
+
+# --- following ----------------------------------------------------------------------------------
+
+# The current snapshot, as text. In autocommit (or a fresh transaction at READ COMMITTED) it is
+# the snapshot of this statement.
+SNAPSHOT = "select pg_current_snapshot()::text"
+
+# One page of a poll: entries of transactions `reading` sees and `seen` does not, in id order.
+# The first two conditions bound the index range; `reading` is passed explicitly, so a page can
+# be read in any later transaction and still selects the same entries. Never prepared: the best
+# plan depends on the snapshots (catching up: walk the primary key; following: the few entries
+# of recent transactions, sorted), and a generic plan sorts the whole range for every page.
+# A partition (k of n) keeps the entries whose aggregate name's MD5 starts with 32 bits that
+# are k modulo n (checkpoint.partition_of computes the same).
+TAIL_PAGE = f"""
+select {_ENTRY_COLUMNS} from oplog_entry
+where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
+  and xact_id < pg_snapshot_xmax(%(reading)s::pg_snapshot)
+  and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
+  and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot)
+  and id > %(after)s
+  and (%(parts)s::int = 1
+       or mod(('x' || left(md5(aggregate_name), 8))::bit(32)::bigint, %(parts)s::int)
+          = %(part)s::int)
+order by id
+limit %(limit)s
+"""
+
+# Committed entries a checkpoint has not delivered: visible in the current snapshot, not in
+# `seen`, and (inside a poll) not among the poll's entries up to `after`.
+LAG = """
+select count(*), min(create_time), current_timestamp - min(create_time) from oplog_entry
+where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
+  and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
+  and pg_visible_in_snapshot(xact_id, pg_current_snapshot())
+  and not (%(reading)s::pg_snapshot is not null
+           and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot) and id <= %(after)s)
+"""
+
+# --- consumers ----------------------------------------------------------------------------------
+
+CONSUMER_GET = "select checkpoint from oplog_consumer where name = %s"
+CONSUMER_LOCK = CONSUMER_GET + " for update"
+CONSUMER_CREATE = (
+    "insert into oplog_consumer (name, checkpoint) values (%s, %s) on conflict (name) do nothing"
+)
+CONSUMER_SAVE = (
+    "insert into oplog_consumer (name, checkpoint) values (%s, %s) on conflict (name)"
+    " do update set checkpoint = excluded.checkpoint, update_time = current_timestamp"
+)
+CONSUMERS = "select name, checkpoint, update_time from oplog_consumer order by name"
+
+# --- statistics ---------------------------------------------------------------------------------
+
+STATS_AGGREGATES = (
+    "select aggregate_name, count(*), sum(length(data)), min(id), max(id)"
+    " from oplog_entry group by 1 order by 1"
+)
+STATS_KEYS = "select key_id, count(*) from oplog_entry group by 1 order by 1"
+STATS_TICKETS = "select name, version from oplog_ticket order by name"
+
+# --- migrations ---------------------------------------------------------------------------------
+
+MIGRATIONS_TABLE = """
+create table if not exists oplog_schema_migrations (
+  version integer primary key,
+  name text not null,
+  applied_at timestamptz not null default current_timestamp
+)
+"""
+MIGRATIONS_LOCK = "select pg_advisory_xact_lock(%s)"
+MIGRATIONS_APPLIED = "select version from oplog_schema_migrations"
+MIGRATIONS_EXIST = "select to_regclass('oplog_schema_migrations') is not null"
+MIGRATION_RECORD = "insert into oplog_schema_migrations (version, name) values (%s, %s)"
+MIGRATION_FORGET = "delete from oplog_schema_migrations where version = %s"
+
+# --- inspection (oplog ls) ----------------------------------------------------------------------
+
+ENTRY_IDS = "select e.id from oplog_entry e where {} order by e.id{}"
+"""Entry ids by conditions (composed by oplog.inspection.entry_ids) and an optional limit."""
+HAS_METADATA = (
+    "exists (select 1 from oplog_metadata m where m.entry_id = e.id and m.key = %s"
+    " and m.value = %s)"
+)

@@ -1,0 +1,508 @@
+"""The front door: write, read, replay, tail, consume and replicate an operation log on a
+psycopg 3 connection, in the caller's transactions."""
+
+# oplog/log.py, the sync front door, is generated from this module.  # sync: -
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any
+
+import psycopg
+
+from oplog import _sql, pgarray
+from oplog._compat import AEvent, asleep, await_event
+from oplog._db import aexecute
+from oplog._dberrors import requiring_migration, ticket_conflicts
+from oplog.batch import BatchItem, EntryBatch, batch_block
+from oplog.checkpoint import (
+    Checkpoint,
+    TailCursor,
+    TailPage,
+    check_consume_connections,
+    check_partition,
+    check_tail_arguments,
+    listen_statement,
+    partition_consumer,
+)
+from oplog.consumer_async import AsyncConsumer
+from oplog.entry import PAGE_SIZE, Entry, ReadPages
+from oplog.errors import TicketConflictError
+from oplog.operation import Operation
+from oplog.replay_async import AsyncReplayer
+from oplog.settings import OplogSettings
+from oplog.writer_async import AsyncWriter
+
+__all__ = ["AsyncOplog"]
+
+
+def _written(entry: Entry, row: Sequence[Any]) -> Entry:
+    entry.id, entry.create_time = int(row[0]), row[1]
+    return entry
+
+
+class AsyncOplog(OplogSettings):
+    """Writes entries in the caller's transactions, and reads and replays them.
+
+    Args:
+        wrapper: Encrypts new entries and decrypts stored ones (a MultiWrapper for rotation).
+        catalog: The message types that operations may carry.
+        aggregate_names: One ticket per aggregate name (default), or one for all.
+        lock: ``"optimistic"`` (default) or ``"pessimistic"`` ticket reads by :meth:`ticketer`
+            (the lower-level API); :meth:`write` and :meth:`write_many` redeem in one
+            statement that waits for a concurrent writer at READ COMMITTED either way.
+        version: The queue format written, ``"v2"`` (default) or ``"v1"``.
+    """
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def _redeem_and_write(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        entry: Entry,
+        query: str | bytes,
+        params: Any,
+        ticket: str,
+    ) -> Entry:
+        """Runs a statement that redeems `ticket` and writes `entry` (returning its id and
+        create time); the first time an aggregate is seen, creates its ticket and runs it
+        again (the statement changes nothing without the ticket)."""
+        for first in (True, False):
+            with ticket_conflicts(f"write entry for {entry.aggregate_name!r}"):
+                row = await (await aexecute(conn, query, params)).fetchone()
+            if row is not None:
+                return _written(entry, row)
+            if first:
+                with ticket_conflicts(f"init ticket {ticket!r}"):
+                    await aexecute(conn, _sql.INIT_TICKET, (ticket,))
+        raise TicketConflictError(
+            f"the ticket of {entry.aggregate_name} was created by a transaction this one cannot"
+            " see; retry"
+        )
+
+    async def write(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None = None,
+    ) -> Entry:
+        """Writes one entry in the caller's transaction, in one round trip: redeems the
+        aggregate's ticket (creating it the first time), and inserts the encrypted operations
+        and the metadata.
+
+        Call it in the same transaction as the data change the operations describe, and commit
+        or roll back both together; :func:`run_in_transaction` retries on conflicts. At READ
+        COMMITTED a concurrent writer of the same aggregate is waited for; at REPEATABLE READ
+        and SERIALIZABLE it is a conflict.
+
+        Returns:
+            The written entry (its `data` encrypted, its `id` set).
+
+        Raises:
+            InvalidParameterError: Invalid arguments; nothing is written.
+            TicketConflictError: Another writer of the aggregate committed first; roll back.
+        """
+        entry, params = self.prepare_write(aggregate_name, operations, metadata)
+        query = _sql.WRITE_ENTRY if params["keys"] else _sql.WRITE_ENTRY_ALONE
+        return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
+
+    async def apply(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None = None,
+    ) -> Entry:
+        """Performs the operations on their tables and writes their entry, in one statement:
+        one round trip, and in autocommit mode one transaction, for a data change and its log.
+
+        For rows whose primary keys the caller sets: CREATE inserts every mapped column of the
+        message as given (nothing is read back), UPDATE sets the field mask and nulls the null
+        paths, DELETE deletes; the row is chosen by the primary key. An UPDATE or DELETE that
+        finds no row changes nothing and is still logged, and replays the same way. The parts
+        of one statement do not see each other's changes, so an entry may change a row only
+        once. Ticket semantics are those of :meth:`write` (the data changes happen only with
+        the redeem).
+
+        Raises:
+            InvalidParameterError: Another operation type, operation options, an unset primary
+                key, or a row changed twice; nothing is written.
+            TicketConflictError: As for :meth:`write`.
+        """
+        entry, query, params = self.prepare_apply(conn, aggregate_name, operations, metadata)
+        return await self._redeem_and_write(conn, entry, query, params, params[0])
+
+    async def write_many(
+        self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]
+    ) -> list[int]:
+        """Writes many entries in the caller's transaction in one round trip.
+
+        Every aggregate's ticket is redeemed once for the whole batch, in name order, and
+        created there if it is missing (so two batches cannot deadlock each other, with new
+        tickets or existing ones). Entries get ids in input order.
+
+        A batch of 256 entries or more is sent as a few statements in one pipeline (still one
+        round trip), so that encryption overlaps the server's inserts; they run in a savepoint
+        of the caller's transaction (in autocommit mode, in a transaction of their own), and if
+        the batch fails part-way nothing of it remains and the caller's transaction goes on.
+        Smaller batches are checked and encrypted whole before anything is sent.
+
+        Args:
+            conn: The connection whose transaction the entries join.
+            items: ``(aggregate_name, operations, metadata)`` per entry; metadata may be None.
+
+        Returns:
+            The entry ids, in input order.
+
+        Raises:
+            InvalidParameterError: An item is invalid; nothing of the batch is written.
+            TicketConflictError: A ticket was redeemed by a concurrent transaction this one
+                cannot serialize with; roll back (nothing of the batch remains).
+        """
+        batch = self.prepare_batch(items)
+        if batch is None:
+            return []
+        pgarray.register(conn)
+        with ticket_conflicts("write a batch of entries"):
+            return await _send_batch(conn, batch)
+
+    # --- reading and replaying ----------------------------------------------------------------
+
+    async def read(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        aggregate_name: str | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[Entry]:
+        """Yields entries with id > `after_id` in id order, decrypted, with their metadata.
+
+        Reads in pages, so a long log is not held in memory at once.
+
+        Raises:
+            DecryptError: An entry does not decrypt with this log's wrapper.
+        """
+        pages = ReadPages(aggregate_name, after_id, limit)
+        while (params := pages.next_query()) is not None:
+            rows = await (await aexecute(conn, _sql.READ_PAGE, params)).fetchall()
+            ids = [row[0] for row in rows]
+            metadata = await _metadata(conn, ids)
+            for entry in pages.entries(rows, metadata, self.wrapper):
+                yield entry
+
+    async def replay(
+        self, conn: psycopg.AsyncConnection[Any], table_suffix: str = "_replay", after_id: int = 0
+    ) -> int:
+        """Replays entries with id > `after_id`, in order, into ``<table><table_suffix>``
+        tables (created like the originals when missing), in the caller's transaction.
+
+        Returns:
+            The number of entries replayed.
+        """
+        replayer = AsyncReplayer(AsyncWriter(conn, self.catalog), table_suffix)
+        count = 0
+        page: list[Entry] = []
+        # A page at a time, set-based: as few statements as the operations' order allows.
+        async for entry in self.read(conn, after_id=after_id):
+            page.append(entry)
+            if len(page) == PAGE_SIZE:
+                count += await replayer.apply_entries(page, self.catalog)
+                page = []
+        if page:
+            count += await replayer.apply_entries(page, self.catalog)
+        return count
+
+    # --- following ----------------------------------------------------------------------------
+
+    async def checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> Checkpoint:
+        """The current end of the log: a tail from here delivers only entries of transactions
+        that commit later (also those already running)."""
+        row = await (await aexecute(conn, _sql.SNAPSHOT)).fetchone()
+        assert row is not None
+        return Checkpoint(row[0])
+
+    async def tail(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        after: Checkpoint | str | None = None,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: AEvent | None = None,
+        follow: bool = True,
+        partition: tuple[int, int] | None = None,
+    ) -> AsyncGenerator[tuple[Entry, Checkpoint], None]:
+        """Yields every committed entry after checkpoint `after` exactly once, as
+        ``(entry, checkpoint after it)``, in an order that keeps each aggregate's entries in
+        ticket order; then waits for more (see :mod:`oplog.checkpoint` for how).
+
+        Entries of a transaction still running are delivered once it commits (and never if it
+        rolls back); a long transaction delays only its own entries.
+
+        Args:
+            conn: A connection of the tail's own, outside any transaction; each poll is one
+                short transaction on it.
+            after: Where to start: a checkpoint (or its text form) a previous tail yielded;
+                None (default) starts before the first entry.
+            batch_size: Entries read per query.
+            poll_interval: Seconds to wait after a poll that found nothing new.
+            channel: Also LISTEN on this channel and poll as soon as a notification arrives
+                (writers then ``NOTIFY`` it; PostgreSQL serializes the commits of notifying
+                transactions, so that is a latency-for-throughput choice).
+            stop: Ends the tail when set, also while it waits.
+            follow: False ends the tail as soon as it has caught up.
+            partition: ``(k, n)``: only the entries of aggregates in partition k of n
+                (:func:`oplog.partition_of`); checkpoints then count only those.
+
+        Raises:
+            InvalidParameterError: Bad arguments, or `conn` is inside a transaction.
+            DecryptError: An entry does not decrypt with this log's wrapper.
+        """
+        pages = self._pages(
+            conn, Checkpoint.of(after), batch_size, poll_interval, channel, stop, follow, partition
+        )
+        try:
+            async for page in pages:
+                for item in page:
+                    yield item
+        finally:
+            await pages.aclose()
+
+    async def _pages(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        after: Checkpoint,
+        batch_size: int,
+        poll_interval: float,
+        channel: str | None,
+        stop: AEvent | None,
+        follow: bool,
+        partition: tuple[int, int] | None,
+    ) -> AsyncGenerator[TailPage, None]:
+        """The pages of a tail (see :meth:`tail`); never yields an empty page."""
+        check_tail_arguments(conn, batch_size, poll_interval, channel)
+        cursor = TailCursor(after, batch_size, check_partition(partition))
+        if channel is not None:
+            await aexecute(conn, listen_statement(channel))
+            await _end_read(conn)
+        cursor.start(await _snapshot(conn))
+        while stop is None or not stop.is_set():
+            if cursor.needs_snapshot:
+                cursor.begin(await _snapshot(conn))
+            with requiring_migration(2):
+                found = await aexecute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
+            rows = await found.fetchall()
+            metadata = await _metadata(conn, [row[0] for row in rows])
+            await _end_read(conn)
+            page = cursor.page(rows, metadata, self.wrapper)
+            if page:
+                yield page
+            if cursor.caught_up:
+                if not follow:
+                    return
+                await _wait(conn, channel, poll_interval, stop)
+
+    async def consume(
+        self,
+        source: psycopg.AsyncConnection[Any],
+        target: psycopg.AsyncConnection[Any],
+        consumer: AsyncConsumer | str,
+        apply: Callable[[psycopg.AsyncConnection[Any], Entry], Awaitable[object]],
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: AEvent | None = None,
+        follow: bool = True,
+        on_commit: Callable[[int, Checkpoint], object] | None = None,
+        partition: tuple[int, int] | None = None,
+    ) -> int:
+        """Tails the log on `source` from the consumer's saved position and calls
+        ``apply(target, entry)`` for each entry; every page of entries is applied and the
+        consumer's position (in `target`'s ``oplog_consumer`` table) advanced in one
+        transaction on `target`. Each entry is applied exactly once across crashes and
+        restarts, also with several processes running the same consumer.
+
+        `source` and `target` may be two connections to the same database. Arguments as in
+        :meth:`tail`; `on_commit(entries, checkpoint)` is called after each committed page.
+
+        With `partition` ``(k, n)`` this process applies only the entries of aggregates in
+        partition k of n (:func:`oplog.partition_of`), under its own position
+        (``<consumer>/k-of-n``): n processes, one per partition, share the work. Each
+        aggregate's entries stay in order; entries of different aggregates may be applied in
+        another order than they committed.
+
+        Returns:
+            The number of entries applied (when `follow` is False or `stop` is set).
+        """
+
+        async def apply_page(conn: psycopg.AsyncConnection[Any], entries: list[Entry]) -> None:
+            for entry in entries:
+                await apply(conn, entry)
+
+        return await self._consume(
+            source, target, _consumer(consumer, partition), apply_page, batch_size,
+            poll_interval, channel, stop, follow, on_commit, partition,
+        )  # fmt: skip
+
+    async def replicate(
+        self,
+        source: psycopg.AsyncConnection[Any],
+        target: psycopg.AsyncConnection[Any],
+        consumer: AsyncConsumer | str = "replica",
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        channel: str | None = None,
+        stop: AEvent | None = None,
+        follow: bool = True,
+        on_commit: Callable[[int, Checkpoint], object] | None = None,
+        partition: tuple[int, int] | None = None,
+    ) -> int:
+        """Applies every entry of the log on `source` to the same tables on `target` (replay
+        without a suffix), exactly once and in commit order: :meth:`consume` with a replaying
+        `apply`, a page at a time and set-based. `target` needs oplog's tables
+        (:func:`oplog.migrate`) and the replicated tables. Options as in :meth:`consume`.
+
+        Returns:
+            The number of entries applied (when `follow` is False or `stop` is set).
+        """
+        catalog = self.catalog
+        replayer = AsyncReplayer(AsyncWriter(target, catalog), "")
+
+        async def replay(conn: psycopg.AsyncConnection[Any], entries: list[Entry]) -> None:
+            # The page at once, set-based (see AsyncReplayer.apply_many); `conn` is `target`.
+            await replayer.apply_entries(entries, catalog)
+
+        return await self._consume(
+            source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
+            channel, stop, follow, on_commit, partition,
+        )  # fmt: skip
+
+    async def _consume(
+        self,
+        source: psycopg.AsyncConnection[Any],
+        target: psycopg.AsyncConnection[Any],
+        consumer: AsyncConsumer,
+        apply_page: Callable[[psycopg.AsyncConnection[Any], list[Entry]], Awaitable[None]],
+        batch_size: int,
+        poll_interval: float,
+        channel: str | None,
+        stop: AEvent | None,
+        follow: bool,
+        on_commit: Callable[[int, Checkpoint], object] | None,
+        partition: tuple[int, int] | None,
+    ) -> int:
+        """The loop of :meth:`consume` and :meth:`replicate`: a page applied and the position
+        saved per transaction on `target`."""
+        check_consume_connections(source, target)
+        async with target.transaction():
+            position = await consumer.position(target)
+        applied = 0
+        while True:
+            restart = False
+            pages = self._pages(
+                source, position, batch_size, poll_interval, channel, stop, follow, partition
+            )
+            try:
+                async for page in pages:
+                    async with target.transaction():
+                        stored = await consumer.position(target, lock=True)
+                        if stored != position:
+                            # Another process running this consumer got further: continue
+                            # from where it is (this page was its work).
+                            position, restart = stored, True
+                            break
+                        await apply_page(target, [entry for entry, _ in page])
+                        position = page[-1][1]
+                        await consumer.save(target, position)
+                    applied += len(page)
+                    if on_commit is not None:
+                        on_commit(len(page), position)
+            finally:
+                await pages.aclose()
+            if not restart:
+                return applied
+
+
+def _consumer(consumer: AsyncConsumer | str, partition: tuple[int, int] | None) -> AsyncConsumer:
+    """The consumer whose position a (partition's) run keeps."""
+    partition = check_partition(partition)
+    if partition is None and isinstance(consumer, AsyncConsumer):
+        return consumer
+    name = consumer.name if isinstance(consumer, AsyncConsumer) else consumer
+    return AsyncConsumer(partition_consumer(name, partition))
+
+
+async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: EntryBatch) -> list[int]:
+    """Sends the batch's statements; returns its ids."""
+    if not batch.chunked:
+        ((query, params),) = batch.statements()
+        rows = await (await aexecute(conn, query, params)).fetchall()
+        return batch.check_ids([int(row[0]) for row in rows])
+    block = batch_block(conn)
+    try:
+        async with conn.pipeline():
+            await aexecute(conn, block.begin)
+            cursors = [await aexecute(conn, query, params) for query, params in batch.statements()]
+            ids = [int(row[0]) for c in cursors for row in await c.fetchall()]
+            written = batch.check_ids(ids)
+            await aexecute(conn, block.end)
+        return written
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                for statement in block.undo:
+                    await aexecute(conn, statement)
+        raise
+
+
+async def _metadata(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[Any]:
+    """The metadata rows of the entries `ids` (none asked, none read)."""
+    if not ids:
+        return []
+    return await (await aexecute(conn, _sql.ENTRY_METADATA, (ids,))).fetchall()
+
+
+async def _snapshot(conn: psycopg.AsyncConnection[Any]) -> str:
+    row = await (await aexecute(conn, _sql.SNAPSHOT)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def _end_read(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Ends a poll's read: each poll is one short transaction on the tail's connection."""
+    if not conn.autocommit:
+        await conn.commit()
+
+
+async def _wait(
+    conn: psycopg.AsyncConnection[Any], channel: str | None, seconds: float, stop: AEvent | None
+) -> None:
+    """Waits up to `seconds` for a notification on `channel` (if any), or for `stop`."""
+    deadline = time.monotonic() + seconds
+    # With a stop event, wake up often enough to notice it while waiting on the socket.
+    step = 0.2 if stop is not None else seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop is not None and stop.is_set():
+            return
+        if channel is None:
+            if stop is not None:
+                await await_event(stop, left)
+            else:
+                await asleep(left)
+            return
+        async for _ in conn.notifies(timeout=min(step, left), stop_after=1):
+            return

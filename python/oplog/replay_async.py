@@ -1,0 +1,219 @@
+"""Replay: applying decoded operations to tables, in order.
+
+Replaying every entry of a log into suffix tables (``users`` -> ``users_replay``) must reproduce
+the live tables exactly; that is how a log is verified, and (with no suffix) how it is replicated.
+The set-based plan is in :mod:`oplog.replay_plan`; this module runs it.
+"""
+
+# oplog/replay.py, the sync replayer, is generated from this module.  # sync: -
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from google.protobuf.message import Message
+from psycopg import sql
+
+from oplog import pgarray
+from oplog._db import aexecute
+from oplog.catalog import check_identifier
+from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
+from oplog.operation import Operation, OpType
+from oplog.replay_plan import Plan, ReplayCache, Run
+from oplog.writer_async import AsyncWriter
+
+if TYPE_CHECKING:
+    from oplog.catalog import TypeCatalog
+    from oplog.entry import Entry
+
+__all__ = ["AsyncReplayer", "tables_equal"]
+
+# The columns of a table (as the search_path finds it) and their types without modifiers:
+# format_type spells varchar(3) as "character varying" and char(3) as bpchar, so a value too
+# long for its column fails on assignment as an insert of it one by one fails, not truncated.
+_COLUMN_TYPES = (
+    "select a.attname, format_type(a.atttypid, null) from pg_attribute a"
+    " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0 and not a.attisdropped"
+)
+
+
+def _copy(msg: Message) -> Message:
+    # The writer sets returned columns back on the message it is given; the operation's own
+    # message stays as decoded.
+    clone = type(msg)()
+    clone.CopyFrom(msg)
+    return clone
+
+
+class AsyncReplayer:
+    """Applies operations through a writer into ``<table><suffix>`` tables.
+
+    Suffix tables that do not exist are created like their originals (once per replayer).
+
+    Args:
+        writer: Writes to the target tables.
+        table_suffix: Appended to every table name; ``""`` applies to the tables themselves.
+
+    Raises:
+        InvalidParameterError: The suffix is not a str.
+    """
+
+    def __init__(self, writer: AsyncWriter, table_suffix: str = "_replay") -> None:
+        if not isinstance(table_suffix, str):
+            raise InvalidParameterError(f"table_suffix must be a str, not {table_suffix!r}")
+        self._writer = writer
+        self._suffix = table_suffix
+        self._ready: set[str] = set()
+        self._cache = ReplayCache(writer.statements, table_suffix)
+
+    async def _ready_table(self, target: str, msg: Message) -> None:
+        """Creates suffix table `target` like `msg`'s table unless it exists (checked once)."""
+        if self._suffix and target not in self._ready:
+            if not await self._writer.has_table(target):
+                table = self._writer.catalog.table_of(msg).name
+                await self._writer.create_table_like(table, target)
+            self._ready.add(target)
+
+    async def _target(self, msg: Message) -> str:
+        target = self._cache.target(msg)
+        await self._ready_table(target, msg)
+        return target
+
+    async def apply_entry(self, entry: Entry, catalog: TypeCatalog) -> int:
+        """Decodes a (decrypted) entry with `catalog` and applies its operations; returns how
+        many were applied.
+
+        Raises:
+            DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply` and
+                :meth:`oplog.Entry.unmarshal_data`, their message starting with the entry's id.
+        """
+        try:
+            return await self.apply(entry.unmarshal_data(catalog))
+        except (DecodeError, UnknownTypeError, InvalidParameterError) as exc:
+            raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
+
+    async def apply(self, operations: Iterable[Operation]) -> int:
+        """Applies `operations` in order, one statement per operation; returns how many were
+        applied. The reference that :meth:`apply_many` must equal.
+
+        Consecutive CREATE_ITEMS (or DELETE_ITEMS) of one type are applied as one batch, as
+        the Go writer's ``CreateItems`` wrote them.
+
+        Raises:
+            InvalidParameterError: An operation cannot be replayed (UNSPECIFIED, unsupported
+                options, an identifier PostgreSQL cannot hold).
+        """
+        count = 0
+        w = self._writer
+
+        def batch_key(op: Operation) -> tuple[object, ...]:
+            if op.op_type in (OpType.CREATE_ITEMS, OpType.DELETE_ITEMS):
+                return (op.op_type, type(op.message))
+            return (id(op),)
+
+        for _, group in groupby(operations, key=batch_key):
+            ops = list(group)
+            count += len(ops)
+            first = ops[0]
+            target = await self._target(first.message)
+            if first.op_type == OpType.CREATE:
+                await w.create(_copy(first.message), target, options=first.options, _override=True)
+            elif first.op_type == OpType.UPDATE:
+                await w.update(
+                    first.message, first.field_mask, first.null_paths, target, options=first.options
+                )
+            elif first.op_type == OpType.DELETE:
+                await w.delete(first.message, target, options=first.options)
+            elif first.op_type == OpType.CREATE_ITEMS:
+                await w.create_items([_copy(op.message) for op in ops], target, _override=True)
+            elif first.op_type == OpType.DELETE_ITEMS:
+                await w.delete_items([op.message for op in ops], target)
+            else:
+                raise InvalidParameterError(f"cannot replay an operation of type {first.op_type!r}")
+        return count
+
+    # --- set-based replay ---------------------------------------------------------------------
+
+    async def apply_entries(self, entries: Iterable[Entry], catalog: TypeCatalog) -> int:
+        """Applies the operations of (decrypted) entries, in order, with as few statements as
+        their order allows (see :meth:`apply_many`); returns how many entries were applied.
+
+        Raises:
+            DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply_entry`.
+        """
+        operations: list[Operation] = []
+        count = 0
+        for entry in entries:
+            try:
+                operations += entry.unmarshal_data(catalog)
+            except (DecodeError, UnknownTypeError) as exc:
+                raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
+            count += 1
+        await self.apply_many(operations)
+        return count
+
+    async def apply_many(self, operations: Iterable[Operation]) -> int:
+        """Applies `operations` in order, as :meth:`apply` does, but set-based: each run of
+        consecutive operations of one kind on one table with one shape (the same columns set
+        and nulled, keys given or generated) is one statement over array parameters, and the
+        statements go in one pipeline. A run ends wherever batching could change the result:
+        another kind, table or shape; a row the run already touched; an operation with
+        options (applied on its own, as :meth:`apply` would). The result is that of
+        :meth:`apply`, row for row.
+
+        Returns:
+            The number of operations applied.
+
+        Raises:
+            InvalidParameterError: As :meth:`apply`.
+        """
+        plan = Plan(self._cache)
+        for op in operations:
+            plan.add(op)
+        plan.close()
+        conn = self._writer.conn
+        for target, msg in plan.targets.items():
+            await self._ready_table(target, msg)
+            await self._column_types(target)
+        pgarray.register(conn)
+        if len(plan.steps) == 1 and not isinstance(plan.steps[0], list):
+            await self._run_step(plan, plan.steps[0])
+        elif plan.steps:
+            async with conn.pipeline():
+                for step in plan.steps:
+                    await self._run_step(plan, step)
+        return plan.count
+
+    async def _run_step(self, plan: Plan, step: Run | list[Operation]) -> None:
+        if isinstance(step, list):
+            await self.apply(step)
+            return
+        query, params, prepare = plan.statement(step, self._writer.conn)
+        await aexecute(self._writer.conn, query, params, prepare=prepare)
+
+    async def _column_types(self, table: str) -> dict[str, str]:
+        """The SQL type of each column of `table` (as the search_path finds it), without its
+        modifier (see :data:`_COLUMN_TYPES`); read once per replayer."""
+        found = self._cache.types.get(table)
+        if found is None:
+            rows = await (await aexecute(self._writer.conn, _COLUMN_TYPES, (table,))).fetchall()
+            if not rows:
+                raise SchemaError(f"no table {table!r} on the search_path")
+            found = self._cache.types[table] = {str(name): str(kind) for name, kind in rows}
+        return found
+
+
+async def tables_equal(conn: psycopg.AsyncConnection[Any], live: str, replayed: str) -> bool:
+    """Whether two tables (with the same columns) hold the same multiset of rows."""
+    query = sql.SQL(
+        "select (select count(*) from {a}) = (select count(*) from {b})"
+        " and not exists (select * from {a} except all select * from {b})"
+    ).format(
+        a=sql.Identifier(check_identifier(live, "table name")),
+        b=sql.Identifier(check_identifier(replayed, "table name")),
+    )
+    row = await (await aexecute(conn, query)).fetchone()
+    return bool(row and row[0])

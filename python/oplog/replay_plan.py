@@ -1,0 +1,277 @@
+"""Set-based replay, planned: consecutive operations grouped into runs that one statement
+applies each, and the statements composed. No I/O here (the replayers, :class:`oplog.Replayer`
+and ``AsyncReplayer``, run the plan).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from google.protobuf.message import Message
+from psycopg import sql
+
+from oplog import pgarray
+from oplog.catalog import check_identifier
+from oplog.errors import InvalidParameterError, SchemaError
+from oplog.mapping import Column, Statements, TableMapping, is_unset, to_db
+from oplog.operation import Operation, OpType
+
+__all__ = ["Plan", "ReplayCache", "Run", "as_text"]
+
+
+def as_text(value: object) -> str | None:
+    """A column value in PostgreSQL's text input format (None stays NULL): what set-based
+    statements send, cast on the server to the column's type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same double; inf, nan
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise InvalidParameterError(f"cannot send a {type(value).__name__} value in a set-based replay")
+
+
+_ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
+
+
+class Run:
+    """Consecutive operations that one statement applies: their kind, table, shape and rows."""
+
+    def __init__(self, kind: str, mapping: TableMapping, target: str, shape: tuple[Any, ...]):
+        self.kind = kind  # "insert" | "update" | "delete"
+        self.mapping = mapping
+        self.target = target
+        self.shape = shape
+        self.columns: list[Column] = []
+        self.rows: list[list[Any]] = []
+        self.keys: set[tuple[Any, ...]] = set()
+
+
+class ReplayCache:
+    """What a replayer learns once and reuses for every page: per message class its target
+    table and mapping, the column types of each target, and composed statements."""
+
+    def __init__(self, statements: Statements, table_suffix: str) -> None:
+        self.statements = statements
+        self.suffix = table_suffix
+        self.resolved: dict[type[Message], tuple[str, TableMapping]] = {}
+        self.types: dict[str, dict[str, str]] = {}
+        self.composed: dict[tuple[Any, ...], bytes] = {}
+
+    def target(self, msg: Message) -> str:
+        """The table `msg`'s operations replay into: its table's name with the suffix."""
+        table = self.statements.catalog.table_of(msg).name
+        return check_identifier(table + self.suffix, "replay table name")
+
+    def resolve(self, msg: Message) -> tuple[str, TableMapping]:
+        found = self.resolved.get(type(msg))
+        if found is None:
+            target = self.target(msg)
+            found = self.resolved[type(msg)] = (target, self.statements.map(msg, target))
+        return found
+
+
+class Plan:
+    """The steps of a set-based replay: runs (a statement each), and lists of operations that
+    are applied on their own, one by one."""
+
+    def __init__(self, cache: ReplayCache) -> None:
+        self.cache = cache
+        self.steps: list[Run | list[Operation]] = []
+        self.current: Run | None = None
+        self.count = 0
+        # The tables the runs write, each with a message of its type (to create it like).
+        self.targets: dict[str, Message] = {}
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.steps.append(self.current)
+            self.current = None
+
+    def _single(self, op: Operation) -> None:
+        self.close()
+        if self.steps and isinstance(self.steps[-1], list):
+            self.steps[-1].append(op)
+        else:
+            self.steps.append([op])
+
+    def add(self, op: Operation) -> None:
+        self.count += 1
+        kind = _KINDS.get(op.op_type)
+        if kind is None or op.options is not None:
+            # Options work row by row (versions, conflicts): applied as apply() would.
+            self._single(op)
+            return
+        w = self.cache.statements
+        msg = op.message
+        target, m = self.cache.resolve(msg)
+        self.targets.setdefault(target, msg)
+        key: tuple[Any, ...] | None
+        if kind == "insert":
+            generated = all(is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
+            columns = m.columns_without_key if generated else m.columns
+            shape: tuple[Any, ...] = (generated,)
+            values = [to_db(msg, c) for c in columns]
+            if generated or not m.primary_key:
+                key = None
+            else:
+                key = tuple(values[i] for i in m.key_positions)
+        elif kind == "update":
+            sets, nulls = w.update_columns(m, op.field_mask, op.null_paths)
+            key = tuple(w.key_params(m, msg))
+            columns = [*m.primary_key, *sets]
+            shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
+            values = [*key, *(to_db(msg, c) for c in sets)]
+        else:
+            key = tuple(w.key_params(m, msg))
+            columns = list(m.primary_key)
+            shape = ()
+            values = list(key)
+        run = self.current
+        if (
+            run is None
+            or run.kind != kind
+            or run.target != target
+            or run.mapping is not m
+            or run.shape != shape
+            or (key is not None and key in run.keys)
+        ):
+            self.close()
+            run = self.current = Run(kind, m, target, shape)
+            run.columns = columns
+        if key is not None:
+            run.keys.add(key)
+        run.rows.append(values)
+
+    def statement(
+        self, run: Run, context: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+    ) -> tuple[bytes, list[Any], bool | None]:
+        """A run's statement (composed for `context`'s encoding, once per shape), its
+        parameters, and whether to prepare it.
+
+        A join of many rows is planned for their number each time: a plan cached for a
+        prepared statement (made for any array, while the table may still have been small)
+        would scan the whole table for every run. A single row's statement is prepared: its
+        plan is an index lookup whatever the table's size."""
+        names = [c.name for c in run.columns]
+        single = len(run.rows) == 1
+        params: list[Any]
+        if single:
+            params = [as_text(value) for value in run.rows[0]]
+            if run.kind == "update":
+                # The statement's text sets the columns before it matches the key.
+                keys = len(run.mapping.primary_key)
+                params = params[keys:] + params[:keys]
+        else:
+            params = [
+                pgarray.TextArray.of([as_text(row[i]) for row in run.rows])
+                for i in range(len(names))
+            ]
+        # Composing costs more than sending: each shape is composed once per replayer.
+        key = (run.kind, run.target, run.shape, single, *names)
+        query = self.cache.composed.get(key)
+        if query is None:
+            query = self.cache.composed[key] = self._compose(run, names, single).as_bytes(context)
+        prepare = None if single or run.kind == "insert" else False
+        return query, params, prepare
+
+    def _compose(self, run: Run, names: list[str], single: bool) -> sql.Composed:
+        # The replayer reads each target's column types before it asks for statements.
+        types = self.cache.types[run.target]
+        table = sql.Identifier(run.target)
+        unnest = sql.SQL("unnest({}) as u ({})").format(
+            sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+        )
+
+        def cast(name: str) -> sql.Composable:
+            try:
+                kind = types[name]
+            except KeyError:
+                raise SchemaError(f"table {run.target!r} has no column {name!r}") from None
+            # The type's name as the server spells it (format_type quotes what needs it); one
+            # row's values are parameters, many rows' are the columns of unnest.
+            value = sql.SQL("%b::text") if single else sql.SQL("u.{}").format(sql.Identifier(name))
+            return sql.SQL("{}::{}").format(value, sql.SQL(kind))
+
+        m = run.mapping
+        if single:
+            return _compose_single(run, table, names, cast)
+        if run.kind == "insert":
+            query = sql.SQL(
+                "insert into {t} ({cols}) overriding system value"
+                " select {vals} from unnest({arrays}) with ordinality as u ({cols}, {ord})"
+                " order by u.{ord}"
+            ).format(
+                t=table,
+                cols=sql.SQL(", ").join(map(sql.Identifier, names)),
+                vals=sql.SQL(", ").join(cast(n) for n in names),
+                arrays=sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
+                ord=_ORD,
+            )
+        elif run.kind == "update":
+            sets, nulls = run.shape
+            assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), cast(n)) for n in sets]
+            assignments += [sql.SQL("{} = null").format(sql.Identifier(n)) for n in nulls]
+            query = sql.SQL("update {t} as t set {a} from {u} where {w}").format(
+                t=table,
+                a=sql.SQL(", ").join(assignments),
+                u=unnest,
+                w=_key_match(m, cast),
+            )
+        else:
+            query = sql.SQL("delete from {t} as t using {u} where {w}").format(
+                t=table, u=unnest, w=_key_match(m, cast)
+            )
+        return query
+
+
+def _key_match(m: TableMapping, cast: Callable[[str], sql.Composable]) -> sql.Composable:
+    return sql.SQL(" and ").join(
+        sql.SQL("t.{} = {}").format(sql.Identifier(c.name), cast(c.name)) for c in m.primary_key
+    )
+
+
+def _compose_single(
+    run: Run, table: sql.Identifier, names: list[str], cast: Callable[[str], sql.Composable]
+) -> sql.Composed:
+    """The statement of a run of one row, its values as parameters in the order they appear
+    (for an update, the columns it sets, then the key)."""
+    if run.kind == "insert":
+        return sql.SQL("insert into {t} ({cols}) overriding system value values ({vals})").format(
+            t=table,
+            cols=sql.SQL(", ").join(map(sql.Identifier, names)),
+            vals=sql.SQL(", ").join(cast(n) for n in names),
+        )
+    keys = len(run.mapping.primary_key)
+    if run.kind == "update":
+        sets, nulls = run.shape
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), cast(n)) for n in sets]
+        assignments += [sql.SQL("{} = null").format(sql.Identifier(n)) for n in nulls]
+        head = sql.SQL("update {t} as t set {a}").format(t=table, a=sql.SQL(", ").join(assignments))
+    else:
+        head = sql.SQL("delete from {t} as t").format(t=table)
+    return sql.SQL("{} where {}").format(
+        head,
+        sql.SQL(" and ").join(
+            sql.SQL("t.{} = {}").format(sql.Identifier(n), cast(n)) for n in names[:keys]
+        ),
+    )
+
+
+_KINDS = {
+    OpType.CREATE: "insert",
+    OpType.CREATE_ITEMS: "insert",
+    OpType.UPDATE: "update",
+    OpType.DELETE: "delete",
+    OpType.DELETE_ITEMS: "delete",
+}

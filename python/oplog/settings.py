@@ -1,0 +1,130 @@
+"""An oplog's settings, and what they make of an entry before it is sent (shared by the sync
+and the asyncio front doors, :class:`oplog.Oplog` and ``oplog.aio.AsyncOplog``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from oplog import _sql
+from oplog.batch import BatchItem, EntryBatch
+from oplog.catalog import TypeCatalog
+from oplog.entry import Entry, metadata_rows
+from oplog.errors import InvalidParameterError
+from oplog.mapping import Statements
+from oplog.operation import Operation
+from oplog.queue import Version, check_classes
+from oplog.ticket import LockMode, Ticketer, check_lock_mode, ticket_name
+from oplog.wrapping import Wrapper
+
+__all__ = ["OplogSettings"]
+
+
+class OplogSettings:
+    """What an :class:`oplog.Oplog` (or ``AsyncOplog``) is configured with, and what that
+    makes of an entry before it is sent: encoding, encryption, statements and their
+    parameters. No I/O here.
+
+    Args:
+        wrapper: Encrypts new entries and decrypts stored ones (a MultiWrapper for rotation).
+        catalog: The message types that operations may carry.
+        aggregate_names: One ticket per aggregate name (default), or one for all.
+        lock: ``"optimistic"`` (default) or ``"pessimistic"`` ticket reads by :meth:`ticketer`
+            (the lower-level API); ``write`` and ``write_many`` redeem in one statement that
+            waits for a concurrent writer at READ COMMITTED either way.
+        version: The queue format written, ``"v2"`` (default) or ``"v1"``.
+    """
+
+    def __init__(
+        self,
+        wrapper: Wrapper,
+        catalog: TypeCatalog,
+        *,
+        aggregate_names: bool = True,
+        lock: LockMode = "optimistic",
+        version: Version = "v2",
+    ) -> None:
+        if not isinstance(catalog, TypeCatalog):
+            raise InvalidParameterError(f"catalog must be a TypeCatalog, not {catalog!r}")
+        if version not in ("v1", "v2"):
+            raise InvalidParameterError(f"unknown entry version {version!r}: use 'v1' or 'v2'")
+        self.wrapper = wrapper
+        self.catalog = catalog
+        self.aggregate_names = aggregate_names
+        self.lock: LockMode = check_lock_mode(lock)
+        self.version: Version = version
+
+    def ticket_name(self, aggregate_name: str) -> str:
+        """The ticket an aggregate name uses."""
+        return ticket_name(aggregate_name, self.aggregate_names)
+
+    def ticketer(self, conn: psycopg.Connection[Any]) -> Ticketer:
+        """A ticketer (the lower-level, synchronous API) on `conn` with this log's ticket
+        settings."""
+        return Ticketer(conn, aggregate_names=self.aggregate_names, lock=self.lock)
+
+    def prepare_write(
+        self,
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None,
+    ) -> tuple[Entry, dict[str, Any]]:
+        ticket = self.ticket_name(aggregate_name)
+        entry = Entry(aggregate_name, metadata=metadata, wrapper=self.wrapper, version=self.version)
+        ops = tuple(operations)
+        check_classes(self.catalog, ops)
+        entry.set_operations(ops)
+        entry.encrypt_data()
+        keys, values = metadata_rows(entry.metadata)
+        return entry, {
+            "ticket": ticket,
+            "ticket_version": None,
+            "version": entry.version,
+            "aggregate_name": aggregate_name,
+            "data": entry.data,
+            "key_id": entry.key_id,
+            "keys": keys,
+            "values": values,
+        }
+
+    def prepare_apply(
+        self,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+        aggregate_name: str,
+        operations: Iterable[Operation],
+        metadata: Mapping[str, Sequence[str] | str] | None,
+    ) -> tuple[Entry, bytes, list[Any]]:
+        ops = tuple(operations)
+        check_classes(self.catalog, ops)
+        # Composing needs only the connection's encoding; nothing is executed here.
+        statements = Statements(conn, self.catalog)
+        parts = [b"with ", _sql.APPLY_TICKET]
+        data_params: list[Any] = []
+        touched: set[tuple[Any, ...]] = set()
+        for op in ops:
+            query, params, identity = statements.ticket_gated(op)
+            if identity in touched:
+                # The parts of one statement do not see each other's changes.
+                raise InvalidParameterError(
+                    f"apply changes each row once; {identity[0]} {identity[1:]} appears twice"
+                )
+            touched.add(identity)
+            parts += [b", d%d as (" % len(touched), query, b")"]
+            data_params += params
+        entry, p = self.prepare_write(aggregate_name, ops, metadata)
+        params = [
+            p["ticket"], *data_params, p["version"], p["aggregate_name"], p["data"], p["key_id"],
+        ]  # fmt: skip
+        parts.append(_sql.APPLY_ENTRY)
+        if p["keys"]:  # metadata rows, only when there are any (fewer parameters to adapt)
+            parts.append(_sql.APPLY_METADATA)
+            params += [p["keys"], p["values"]]
+        parts.append(_sql.APPLY_RESULT)
+        return entry, b"".join(parts), params
+
+    def prepare_batch(self, items: Iterable[BatchItem]) -> EntryBatch | None:
+        """Checks a batch's items (None for an empty batch); see :class:`EntryBatch`."""
+        batch = EntryBatch(self, items)
+        return batch if batch.size else None
