@@ -126,6 +126,17 @@ class SyncDriver:
 
         return self.log.consume(self.conn, self.target, consumer, apply, **kwargs)
 
+    def replay(self, table_suffix: str) -> int:
+        """log.replay of the whole log into ``<table><table_suffix>`` tables, committed."""
+        with self.conn.transaction():
+            return self.log.replay(self.conn, table_suffix)
+
+    def replicate(self, target_dsn: str, consumer: str) -> int:
+        """log.replicate from this driver's connection into database `target_dsn`, until
+        caught up."""
+        with psycopg.connect(target_dsn) as target:
+            return self.log.replicate(self.conn, target, consumer, follow=False, batch_size=7)
+
     def close(self) -> None:
         if self.target is not None:
             self.target.close()
@@ -251,6 +262,26 @@ class AsyncDriver:
             if self.target is None:
                 self.target = await psycopg.AsyncConnection.connect(self.dsn)
             return await self.log.consume(self.conn, self.target, consumer, apply, **kwargs)
+
+        return self.loop.run_until_complete(run())
+
+    def replay(self, table_suffix: str) -> int:
+        """AsyncOplog.replay; as SyncDriver.replay."""
+
+        async def run() -> int:
+            async with self.conn.transaction():
+                return await self.log.replay(self.conn, table_suffix)
+
+        return self.loop.run_until_complete(run())
+
+    def replicate(self, target_dsn: str, consumer: str) -> int:
+        """AsyncOplog.replicate; as SyncDriver.replicate."""
+
+        async def run() -> int:
+            async with await psycopg.AsyncConnection.connect(target_dsn) as target:
+                return await self.log.replicate(
+                    self.conn, target, consumer, follow=False, batch_size=7
+                )
 
         return self.loop.run_until_complete(run())
 

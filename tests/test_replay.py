@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.protobuf.wrappers_pb2 import StringValue
+from google.protobuf.wrappers_pb2 import StringValue, UInt32Value
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -21,9 +23,14 @@ from hypothesis.stateful import (
 )
 
 import oplog
-from oplog.proto.oplog_test_pb2 import TestUser
+from oplog.proto.any_operation_pb2 import WithOnConflict
+from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from oplog.proto.replay_test_pb2 import TestDocument
-from tests.db import CATALOG, WRAPPER, reset, rows
+from tests.db import CATALOG, TEST_TABLES, WRAPPER, reset, rows
+from tests.drivers import Driver
+from tests.pg import Server
+
+MakeDriver = Callable[..., Driver]
 
 _text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20)
 _stamps = st.datetimes(
@@ -231,3 +238,80 @@ def test_set_based_replay_refuses_what_one_by_one_refuses(conn: psycopg.Connecti
         assert one == "22001"
         assert many == one
     assert rows(conn, "users_short") == [(3, "abc", "", "", 0)]
+
+
+@pytest.fixture
+def empty_dsn(pg: Server) -> Iterator[str]:
+    """A fresh database on the test server, migrated, with empty test tables."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_replica with (force)")
+        admin.execute("create database t_replica")
+    dsn = pg.dsn_for("t_replica")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        oplog.migrate(conn)
+        conn.execute(TEST_TABLES.encode())
+    yield dsn
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_replica with (force)")
+
+
+def _write_every_kind(conn: psycopg.Connection[Any]) -> None:
+    """Commits entries of every kind the replayers handle, with their data changes: runs of
+    creates, updates (mask and null path) and deletes, item batches, and operations with
+    options (applied one by one)."""
+    writer = oplog.Writer(conn, CATALOG)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+
+    def logged(aggregate: str, ops: list[oplog.Operation]) -> None:
+        log.write(conn, aggregate, ops)
+
+    with conn.transaction():
+        users = [TestUser(name=f"u{i}", email=f"{i}@e", phone_number=str(i)) for i in range(6)]
+        for user in users:
+            writer.create(user)
+        logged("users", [oplog.Operation(u, "user", oplog.OpType.CREATE) for u in users])
+        rename = TestUser(id=users[1].id, name="renamed")
+        writer.update(rename, ["name"], ["email"])
+        logged(
+            "users", [oplog.Operation(rename, "user", oplog.OpType.UPDATE, ("name",), ("email",))]
+        )
+        gone = TestUser(id=users[2].id)
+        writer.delete(gone)
+        logged("users", [oplog.Operation(gone, "user", oplog.OpType.DELETE)])
+        cars = [TestCar(id=100 + i, model=f"m{i}", mpg=i) for i in range(3)]
+        writer.create_items(cars)
+        logged("cars", [oplog.Operation(c, "car", oplog.OpType.CREATE_ITEMS) for c in cars])
+        writer.delete_items(cars[:2])
+        logged("cars", [oplog.Operation(c, "car", oplog.OpType.DELETE_ITEMS) for c in cars[:2]])
+        # With options: replayed one by one, through the writer.
+        again = TestUser(id=users[0].id, name="kept")
+        options = oplog.OperationOptions(with_on_conflict=WithOnConflict(do_nothing=True))
+        writer.create(again, options=options)
+        logged("users", [oplog.Operation(again, "user", oplog.OpType.CREATE, options=options)])
+        checked = TestUser(id=users[3].id, name="checked")
+        current = oplog.OperationOptions(with_version=UInt32Value(value=0))
+        assert writer.update(checked, ["name"], options=current) == 1
+        logged(
+            "users",
+            [oplog.Operation(checked, "user", oplog.OpType.UPDATE, ("name",), options=current)],
+        )
+
+
+def test_both_apis_replay_and_replicate_to_the_live_tables(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], empty_dsn: str
+) -> None:
+    """Oplog and AsyncOplog replay a committed log of every kind of entry into suffix tables,
+    and replicate it into another database, equal to the live tables row for row."""
+    reset(conn)
+    _write_every_kind(conn)
+    driver = make_driver()
+    entries = sum(1 for _ in oplog.Oplog(WRAPPER, CATALOG).read(conn))
+    assert driver.replay("_again") == entries
+    assert driver.replicate(empty_dsn, "copy") == entries
+    assert driver.replicate(empty_dsn, "copy") == 0
+    with psycopg.connect(empty_dsn) as replica:
+        for table in ("users", "cars"):
+            live = rows(conn, table)
+            assert live, table
+            assert rows(conn, table + "_again") == live
+            assert rows(replica, table) == live
