@@ -118,3 +118,11 @@ def make_driver(
     yield make
     for driver in opened:
         driver.close()
+
+
+@pytest.fixture
+def consumed(conn: psycopg.Connection[Any]) -> str:
+    """A table consumers in these tests apply entries to (no unique key: duplicates count)."""
+    conn.execute("create table consumed (entry_id bigint not null, name text not null)")
+    conn.commit()
+    return "consumed"

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 import oplog
+from oplog import BatchItem
 from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
 from oplog.proto.replay_test_pb2 import TestDocument
 
@@ -99,3 +100,37 @@ def settle(fut: Future[Any], pid: int, monitor: psycopg.Connection[Any]) -> bool
             return fut.done()
         time.sleep(0.002)
     raise AssertionError("a statement neither finished nor waited on a lock within 20 s")
+
+
+def batch_items(n: int, aggregates: list[str]) -> list[BatchItem]:
+    """`n` batch items over `aggregates` in turn: a user CREATE and a car UPDATE each, every
+    other one with metadata (a key with a value, a key without)."""
+    return [
+        (
+            aggregates[i % len(aggregates)],
+            [
+                oplog.Operation(TestUser(id=i + 1, name=f"u{i}"), "user", oplog.OpType.CREATE),
+                oplog.Operation(TestCar(id=i + 1), "car", oplog.OpType.UPDATE, ("model",)),
+            ],
+            {"n": [str(i)], "flag": []} if i % 2 else None,
+        )
+        for i in range(n)
+    ]
+
+
+def side_write(conn: psycopg.Connection[Any], aggregate: str) -> None:
+    """Writes one entry of `aggregate` on `conn` (a competing writer's)."""
+    oplog.Oplog(WRAPPER, CATALOG).write(
+        conn, aggregate, [oplog.Operation(TestUser(id=9), "user", oplog.OpType.DELETE)]
+    )
+
+
+def user_create(name: str) -> oplog.Operation:
+    """A CREATE of a user named `name` (its id left to the database)."""
+    return oplog.Operation(TestUser(name=name), "user", oplog.OpType.CREATE)
+
+
+def commit_entry(conn: psycopg.Connection[Any], aggregate: str, name: str, **metadata: str) -> None:
+    """Writes and commits an entry of `aggregate` with one user CREATE named `name`."""
+    oplog.Oplog(WRAPPER, CATALOG).write(conn, aggregate, [user_create(name)], metadata or None)
+    conn.commit()

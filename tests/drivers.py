@@ -293,6 +293,10 @@ class AsyncDriver:
 
 
 Driver = SyncDriver | AsyncDriver
+MakeDriver = Callable[..., Driver]
+"""The `make_driver` fixture: opens a driver of the test's kind (sync or async)."""
+Connect = Callable[..., psycopg.Connection[Any]]
+"""The `connect` fixture: opens a connection to the test database."""
 DRIVERS: dict[str, type[SyncDriver] | type[AsyncDriver]] = {
     "sync": SyncDriver,
     "async": AsyncDriver,

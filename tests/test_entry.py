@@ -85,13 +85,13 @@ def test_a_stale_ticket_inserts_no_entry(conn: psycopg.Connection[Any]) -> None:
         ({"aggregate_name": ""}, "aggregate name"),
         ({"aggregate_name": "users", "metadata": {"": ["x"]}}, "metadata keys"),
         ({"aggregate_name": "users", "metadata": {"k": [1]}}, "non-str value"),
-        ({"aggregate_name": "users", "version": "v3"}, "v3"),
+        ({"aggregate_name": "users", "format_version": "v3"}, "v3"),
         ({"aggregate_name": "users", "metadata": {"k": "a\x00b"}}, "NUL"),
         ({"aggregate_name": "users\x00"}, "NUL"),
     ],
 )
 def test_invalid_entries_are_rejected(kwargs: dict[str, Any], match: str) -> None:
-    """Entry() validates its aggregate name, metadata and version."""
+    """Entry() validates its aggregate name, metadata and format version."""
     with pytest.raises(oplog.InvalidParameterError, match=match):
         oplog.Entry(**kwargs)
 

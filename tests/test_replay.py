@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -27,10 +27,8 @@ from oplog.proto.any_operation_pb2 import WithOnConflict
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from oplog.proto.replay_test_pb2 import TestDocument
 from tests.db import CATALOG, TEST_TABLES, WRAPPER, reset, rows
-from tests.drivers import Driver
+from tests.drivers import MakeDriver
 from tests.pg import Server
-
-MakeDriver = Callable[..., Driver]
 
 _text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20)
 _stamps = st.datetimes(

@@ -78,6 +78,9 @@ class _NaiveTailer(threading.Thread):
 def test_tailers_see_every_committed_entry_once_in_aggregate_order(
     dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
+    """8 writer processes commit (and roll back some) entries over a few aggregates while two
+    tailers follow: each sees every committed entry once, each aggregate in order, no rolled-
+    back one; a naive id > last reader running alongside misses some."""
     conn.execute("create table tail_counter (name text primary key, n bigint not null default 0)")
     conn.execute("insert into tail_counter (name) select unnest(%s::text[])", (AGGREGATES,))
     conn.commit()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,8 +10,7 @@ import pytest
 
 import oplog
 from tests.db import settle
-
-Connect = Callable[..., psycopg.Connection[Any]]
+from tests.drivers import Connect
 
 
 def test_init_ticket_is_idempotent(conn: psycopg.Connection[Any]) -> None:

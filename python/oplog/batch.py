@@ -101,7 +101,7 @@ class EntryBatch:
 
     def _params(self, start: int, end: int) -> dict[str, Any]:
         encrypt = self.log.wrapper.encrypt
-        version = self.log.version
+        version = self.log.format_version
         encode = _core.encode_operations
         blobs = [encrypt(encode(ops, version)) for ops in self.operations[start:end]]
         meta_ord: list[int] = []

@@ -105,7 +105,8 @@ class Entry:
         metadata: Key -> values (a key may have no value).
         wrapper: Encrypts (and decrypts) the data.
         ticketer: Names the ticket of the aggregate (needed to write).
-        version: The queue format written: ``"v2"`` (default) or ``"v1"``.
+        format_version: The queue format written: ``"v2"`` (default) or ``"v1"``; stored in
+            the entry's ``version`` column.
 
     Attributes:
         id: The entry's id once written or read, else None.
@@ -114,7 +115,7 @@ class Entry:
         data: The plaintext queue, or the encrypted blob after :meth:`encrypt_data`.
 
     Raises:
-        InvalidParameterError: The aggregate name, metadata or version is invalid.
+        InvalidParameterError: The aggregate name, metadata or format version is invalid.
     """
 
     __slots__ = (
@@ -122,11 +123,11 @@ class Entry:
         "aggregate_name",
         "create_time",
         "data",
+        "format_version",
         "id",
         "key_id",
         "metadata",
         "ticketer",
-        "version",
         "wrapper",
     )
 
@@ -137,16 +138,18 @@ class Entry:
         metadata: Mapping[str, Sequence[str] | str] | None = None,
         wrapper: Wrapper | None = None,
         ticketer: Ticketer | None = None,
-        version: Version = "v2",
+        format_version: Version = "v2",
     ) -> None:
         check_aggregate_name(aggregate_name)
-        if version not in ("v1", "v2"):
-            raise InvalidParameterError(f"unknown entry version {version!r}: use 'v1' or 'v2'")
+        if format_version not in ("v1", "v2"):
+            raise InvalidParameterError(
+                f"unknown entry format version {format_version!r}: use 'v1' or 'v2'"
+            )
         self.aggregate_name = aggregate_name
         self.metadata = normalize_metadata(metadata)
         self.wrapper = wrapper
         self.ticketer = ticketer
-        self.version: str = version
+        self.format_version: str = format_version
         self.id: int | None = None
         self.create_time: dt.datetime | None = None
         self.key_id = wrapper.key_id if wrapper is not None else ""
@@ -159,7 +162,7 @@ class Entry:
         *,
         id: int,
         create_time: dt.datetime,
-        version: str,
+        format_version: str,
         aggregate_name: str,
         data: bytes,
         key_id: str,
@@ -172,7 +175,7 @@ class Entry:
         entry.metadata = metadata
         entry.wrapper = wrapper
         entry.ticketer = None
-        entry.version = version
+        entry.format_version = format_version
         entry.id = id
         entry.create_time = create_time
         entry.key_id = key_id
@@ -247,7 +250,7 @@ class Entry:
         """
         if not operations:
             raise InvalidParameterError("an entry needs at least one operation")
-        queue = Queue(version=self.version)  # type: ignore[arg-type]
+        queue = Queue(version=self.format_version)  # type: ignore[arg-type]
         queue.extend(operations)
         self.data = bytes(queue)
         self._encrypted = False
@@ -279,7 +282,7 @@ class Entry:
                 {
                     "ticket": ticket.name,
                     "ticket_version": ticket.version,
-                    "version": self.version,
+                    "version": self.format_version,
                     "aggregate_name": self.aggregate_name,
                     "data": self.data,
                     "key_id": self.key_id,
@@ -307,7 +310,8 @@ class Entry:
         state = "encrypted" if self._encrypted else "plaintext"
         return (
             f"Entry(id={self.id!r}, aggregate_name={self.aggregate_name!r}, "
-            f"version={self.version!r}, key_id={self.key_id!r}, {state} {len(self.data)} bytes)"
+            f"format_version={self.format_version!r}, key_id={self.key_id!r},"
+            f" {state} {len(self.data)} bytes)"
         )
 
 
@@ -324,7 +328,7 @@ def entries_from_rows(
     out = []
     for id_, create_time, version, name, data, key_id in rows:
         entry = Entry.from_row(
-            id=id_, create_time=create_time, version=version, aggregate_name=name,
+            id=id_, create_time=create_time, format_version=version, aggregate_name=name,
             data=bytes(data), key_id=key_id, metadata=by_entry.get(id_, {}), wrapper=wrapper,
         )  # fmt: skip
         try:

@@ -66,7 +66,7 @@ def stored_entries(
         cur.execute(query.encode(), params)
         for id_, create_time, version, name, data, key_id in cur:
             entry = Entry.from_row(
-                id=id_, create_time=create_time, version=version, aggregate_name=name,
+                id=id_, create_time=create_time, format_version=version, aggregate_name=name,
                 data=bytes(data), key_id=key_id, metadata={}, wrapper=wrapper,
             )  # fmt: skip
             try:

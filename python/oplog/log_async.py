@@ -61,7 +61,7 @@ class AsyncOplog(OplogSettings):
         lock: ``"optimistic"`` (default) or ``"pessimistic"`` ticket reads by :meth:`ticketer`
             (the lower-level API); :meth:`write` and :meth:`write_many` redeem in one
             statement that waits for a concurrent writer at READ COMMITTED either way.
-        version: The queue format written, ``"v2"`` (default) or ``"v1"``.
+        format_version: The queue format written, ``"v2"`` (default) or ``"v1"``.
     """
 
     # --- writing ------------------------------------------------------------------------------

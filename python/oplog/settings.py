@@ -34,7 +34,7 @@ class OplogSettings:
         lock: ``"optimistic"`` (default) or ``"pessimistic"`` ticket reads by :meth:`ticketer`
             (the lower-level API); ``write`` and ``write_many`` redeem in one statement that
             waits for a concurrent writer at READ COMMITTED either way.
-        version: The queue format written, ``"v2"`` (default) or ``"v1"``.
+        format_version: The queue format written, ``"v2"`` (default) or ``"v1"``.
     """
 
     def __init__(
@@ -44,17 +44,19 @@ class OplogSettings:
         *,
         aggregate_names: bool = True,
         lock: LockMode = "optimistic",
-        version: Version = "v2",
+        format_version: Version = "v2",
     ) -> None:
         if not isinstance(catalog, TypeCatalog):
             raise InvalidParameterError(f"catalog must be a TypeCatalog, not {catalog!r}")
-        if version not in ("v1", "v2"):
-            raise InvalidParameterError(f"unknown entry version {version!r}: use 'v1' or 'v2'")
+        if format_version not in ("v1", "v2"):
+            raise InvalidParameterError(
+                f"unknown entry format version {format_version!r}: use 'v1' or 'v2'"
+            )
         self.wrapper = wrapper
         self.catalog = catalog
         self.aggregate_names = aggregate_names
         self.lock: LockMode = check_lock_mode(lock)
-        self.version: Version = version
+        self.format_version: Version = format_version
 
     def ticket_name(self, aggregate_name: str) -> str:
         """The ticket an aggregate name uses."""
@@ -72,7 +74,12 @@ class OplogSettings:
         metadata: Mapping[str, Sequence[str] | str] | None,
     ) -> tuple[Entry, dict[str, Any]]:
         ticket = self.ticket_name(aggregate_name)
-        entry = Entry(aggregate_name, metadata=metadata, wrapper=self.wrapper, version=self.version)
+        entry = Entry(
+            aggregate_name,
+            metadata=metadata,
+            wrapper=self.wrapper,
+            format_version=self.format_version,
+        )
         ops = tuple(operations)
         check_classes(self.catalog, ops)
         entry.set_operations(ops)
@@ -81,7 +88,7 @@ class OplogSettings:
         return entry, {
             "ticket": ticket,
             "ticket_version": None,
-            "version": entry.version,
+            "version": entry.format_version,
             "aggregate_name": aggregate_name,
             "data": entry.data,
             "key_id": entry.key_id,

@@ -1,10 +1,10 @@
-"""The commit-ordered tail: exactly once, per-aggregate order, checkpoints, consumers."""
+"""Checkpoints and the commit-ordered tail (oplog/checkpoint.py; Oplog.tail): exactly once,
+per-aggregate order, resuming, partitions."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,20 +12,13 @@ import psycopg
 import pytest
 
 import oplog
-from oplog.proto.oplog_test_pb2 import TestUser
-from tests.db import CATALOG, WRAPPER, settle
-from tests.drivers import Driver
+from tests.db import CATALOG, WRAPPER, commit_entry, settle, user_create
+from tests.drivers import Connect, Driver, MakeDriver
 from tests.pg import Server
 
-MakeDriver = Callable[..., Driver]
-Connect = Callable[..., psycopg.Connection[Any]]
 Items = list[tuple[oplog.Entry, oplog.Checkpoint]]
 
 LOG = oplog.Oplog(WRAPPER, CATALOG)
-
-
-def _op(name: str) -> oplog.Operation:
-    return oplog.Operation(TestUser(name=name), "user", oplog.OpType.CREATE)
 
 
 def _names(items: Items) -> list[str]:
@@ -40,15 +33,11 @@ def _ids(items: Items) -> list[int]:
     return [int(entry.id or 0) for entry, _ in items]
 
 
-def _commit(conn: psycopg.Connection[Any], aggregate: str, name: str, **metadata: str) -> None:
-    LOG.write(conn, aggregate, [_op(name)], metadata or None)
-    conn.commit()
-
-
 # --- checkpoints --------------------------------------------------------------------------------
 
 
 def test_checkpoint_text_round_trips() -> None:
+    """A checkpoint (between polls, or inside one) survives its text form."""
     for cp in (
         oplog.Checkpoint.START,
         oplog.Checkpoint("100:105:101,103"),
@@ -66,11 +55,13 @@ def test_checkpoint_text_round_trips() -> None:
      "1:2:;1:2:;-1", " 1:2:", "1:2:,", "1:1:;1:2:;0;5"],
 )  # fmt: skip
 def test_checkpoint_rejects_what_is_not_one(text: str) -> None:
+    """Text that is not a snapshot, or two snapshots, or a poll with an id, is refused."""
     with pytest.raises(oplog.InvalidParameterError):
         oplog.Checkpoint.parse(text)
 
 
 def test_checkpoint_rejects_bad_fields() -> None:
+    """An id without a poll, a negative id, and a non-checkpoint are refused."""
     with pytest.raises(oplog.InvalidParameterError):
         oplog.Checkpoint("1:1:", None, 5)  # an after_id belongs to a poll being read
     with pytest.raises(oplog.InvalidParameterError):
@@ -89,7 +80,7 @@ def test_tail_delivers_each_entry_once_and_resumes_from_every_checkpoint(
     checkpoint (object or text, between polls or inside one): exactly the entries after it."""
     writer = connect()
     for i in range(7):
-        _commit(writer, f"agg{i % 3}", f"u{i}", i=str(i))
+        commit_entry(writer, f"agg{i % 3}", f"u{i}", i=str(i))
     driver = make_driver()
     items = driver.tail(follow=False, batch_size=3)
     assert _names(items) == [f"u{i}" for i in range(7)]
@@ -109,8 +100,8 @@ def test_tail_delivers_an_entry_that_commits_after_a_higher_id(
     """The entry with the lower id commits last: the tail still delivers it (after the
     other), where reading `id > last seen` misses it for good."""
     early, late = connect(), connect()
-    LOG.write(early, "x", [_op("lower id, committed last")])
-    _commit(late, "y", "higher id, committed first")
+    LOG.write(early, "x", [user_create("lower id, committed last")])
+    commit_entry(late, "y", "higher id, committed first")
     driver = make_driver()
     first = driver.tail(follow=False)
     assert _names(first) == ["higher id, committed first"]
@@ -124,18 +115,20 @@ def test_tail_delivers_an_entry_that_commits_after_a_higher_id(
 def test_a_long_transaction_delays_only_itself_and_rollbacks_never_appear(
     make_driver: MakeDriver, connect: Connect
 ) -> None:
+    """Entries of a transaction open at a poll come with the first poll after it commits; those
+    of a rolled-back one never come; entries committed around them are not held back."""
     writer, long, doomed = connect(), connect(), connect()
-    LOG.write(long, "slow", [_op("long")])
-    LOG.write(doomed, "slow2", [_op("rolled back")])
+    LOG.write(long, "slow", [user_create("long")])
+    LOG.write(doomed, "slow2", [user_create("rolled back")])
     for i in range(3):
-        _commit(writer, "fast", f"fast{i}")
+        commit_entry(writer, "fast", f"fast{i}")
     driver = make_driver()
     got = driver.tail(follow=False)
     assert _names(got) == ["fast0", "fast1", "fast2"]
     doomed.rollback()
     assert driver.tail(after=got[-1][1], follow=False) == []
     long.commit()
-    _commit(writer, "fast", "fast3")
+    commit_entry(writer, "fast", "fast3")
     rest = driver.tail(after=got[-1][1], follow=False)
     assert _names(rest) == ["long", "fast3"]  # one poll, in id order
     assert "rolled back" not in _names(driver.tail(follow=False))
@@ -150,7 +143,7 @@ def test_a_notification_wakes_a_waiting_tail(make_driver: MakeDriver, connect: C
     def write_and_notify() -> None:
         i = 0
         while not done.is_set() and i < 200:
-            LOG.write(writer, "n", [_op(f"n{i}")])
+            LOG.write(writer, "n", [user_create(f"n{i}")])
             writer.execute("select pg_notify('oplog_test', '')")
             writer.commit()
             i += 1
@@ -168,7 +161,8 @@ def test_a_notification_wakes_a_waiting_tail(make_driver: MakeDriver, connect: C
 
 
 def test_setting_stop_ends_a_waiting_tail(make_driver: MakeDriver, connect: Connect) -> None:
-    _commit(connect(), "s", "only")
+    """Setting stop ends a tail that is waiting for the next poll, long before the interval."""
+    commit_entry(connect(), "s", "only")
     stop = threading.Event()
     timer = threading.Timer(0.3, stop.set)
     driver = make_driver()
@@ -192,12 +186,14 @@ def test_setting_stop_ends_a_waiting_tail(make_driver: MakeDriver, connect: Conn
 def test_tail_rejects_bad_arguments(
     make_driver: MakeDriver, kwargs: dict[str, Any], match: str
 ) -> None:
+    """A batch size, poll interval or channel that is not usable is an InvalidParameterError."""
     driver = make_driver()
     with pytest.raises(oplog.InvalidParameterError, match=match):
         driver.tail(follow=False, **kwargs)
 
 
 def test_tail_refuses_a_connection_inside_a_transaction(make_driver: MakeDriver) -> None:
+    """A tail refuses a connection with a transaction open (it would hold one snapshot)."""
     driver = make_driver()
     driver.execute("select 1")  # opens a transaction
     with pytest.raises(oplog.InvalidParameterError, match="outside a transaction"):
@@ -214,7 +210,7 @@ def test_per_aggregate_order_holds_when_transaction_ids_disagree(connect: Connec
     entries below the oldest running transaction in (transaction, id) order hands out X-3
     alone — ahead of X-2, breaking the aggregate's order."""
     t1, t2, t3, monitor = connect(), connect(), connect(), connect(autocommit=True)
-    _commit(t1, "X", "X-1")
+    commit_entry(t1, "X", "X-1")
 
     def xid(conn: psycopg.Connection[Any], tag: str) -> int:
         conn.execute("insert into users (name) values (%s)", (tag,))
@@ -223,9 +219,9 @@ def test_per_aggregate_order_holds_when_transaction_ids_disagree(connect: Connec
         return int(row[0])
 
     assert xid(t1, "t1") < xid(t3, "t3") < xid(t2, "t2")
-    LOG.write(t2, "X", [_op("X-2")])
+    LOG.write(t2, "X", [user_create("X-2")])
     with ThreadPoolExecutor(1) as pool:
-        third = pool.submit(LOG.write, t1, "X", [_op("X-3")])
+        third = pool.submit(LOG.write, t1, "X", [user_create("X-3")])
         assert not settle(third, t1.info.backend_pid, monitor)  # t1 waits for X's ticket
         t2.commit()
         third.result()
@@ -244,129 +240,30 @@ def test_per_aggregate_order_holds_when_transaction_ids_disagree(connect: Connec
 # --- consumers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def consumed(conn: psycopg.Connection[Any]) -> str:
-    """A table consumers in these tests apply entries to (no unique key: duplicates count)."""
-    conn.execute("create table consumed (entry_id bigint not null, name text not null)")
-    conn.commit()
-    return "consumed"
-
-
-def _record(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
-    for op in entry.unmarshal_data(CATALOG):
-        target.execute(
-            "insert into consumed values (%s, %s)",
-            (entry.id, op.message.name),  # type: ignore[attr-defined]
-        )
-
-
-def test_a_consumer_position_is_saved_in_the_callers_transaction(
-    conn: psycopg.Connection[Any],
-) -> None:
-    consumer = oplog.Consumer("c1")
-    assert consumer.position(conn) == oplog.Checkpoint.START
-    checkpoint = oplog.Checkpoint("5:9:6")
-    consumer.save(conn, checkpoint)
-    conn.rollback()
-    assert consumer.position(conn) == oplog.Checkpoint.START
-    consumer.save(conn, str(checkpoint))
-    conn.commit()
-    assert consumer.position(conn) == checkpoint
-    assert oplog.Consumer("other").position(conn) == oplog.Checkpoint.START
-    with pytest.raises(oplog.InvalidParameterError):
-        oplog.Consumer("")
-
-
-def test_consume_applies_each_entry_once_across_runs(
-    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect, consumed: str
-) -> None:
-    writer = connect()
-    for i in range(5):
-        _commit(writer, f"a{i % 2}", f"u{i}")
-    driver = make_driver()
-    committed: list[tuple[int, oplog.Checkpoint]] = []
-    seen = lambda n, cp: committed.append((n, cp))  # noqa: E731
-    assert driver.consume("c", follow=False, batch_size=2, on_commit=seen) == 5
-    assert [n for n, _ in committed] == [2, 2, 1]
-    assert oplog.Consumer("c").position(conn) == committed[-1][1]
-    conn.rollback()
-    assert driver.consume("c", follow=False) == 0
-    for i in range(5, 8):
-        _commit(writer, "a0", f"u{i}")
-    assert driver.consume("c", follow=False) == 3
-    rows = conn.execute("select name from consumed order by entry_id").fetchall()
-    assert [r[0] for r in rows] == [f"u{i}" for i in range(8)]
-
-
-def test_consume_needs_two_connections_and_an_idle_target(connect: Connect) -> None:
-    source, target = connect(), connect()
-    with pytest.raises(oplog.InvalidParameterError, match="two connections"):
-        LOG.consume(source, source, "c", _record, follow=False)
-    target.execute("select 1")
-    with pytest.raises(oplog.InvalidParameterError, match="inside a transaction"):
-        LOG.consume(source, target, "c", _record, follow=False)
-
-
-def test_consume_rolls_back_a_page_whose_apply_fails(
-    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect, consumed: str
-) -> None:
-    writer = connect()
-    for i in range(3):
-        _commit(writer, "a", f"u{i}")
-    driver = make_driver()
-    with pytest.raises(RuntimeError, match="apply failed"):
-        driver.consume("c", fail_on="u1", follow=False, batch_size=2)
-    assert [r[0] for r in conn.execute("select name from consumed").fetchall()] == []
-    assert driver.consume("c", follow=False) == 3
-    assert conn.execute("select count(*) from consumed").fetchone() == (3,)
-
-
-def test_two_processes_of_one_consumer_apply_each_entry_once(
-    conn: psycopg.Connection[Any], connect: Connect, consumed: str
-) -> None:
-    """Two runners of consumer "c" at once: the position lock makes them take turns, and one
-    that finds the position moved continues from there."""
-    writer = connect()
-    for i in range(300):
-        LOG.write(writer, f"a{i % 5}", [_op(f"u{i}")])
-        if i % 10 == 9:
-            writer.commit()
-    writer.commit()
-    with ThreadPoolExecutor(2) as pool:
-        runs = [
-            pool.submit(LOG.consume, connect(), connect(), "c", _record, follow=False, batch_size=7)
-            for _ in range(2)
-        ]
-        applied = [run.result() for run in runs]
-    assert sum(applied) == 300
-    assert conn.execute("select count(*), count(distinct entry_id) from consumed").fetchone() == (
-        300,
-        300,
-    )
-
-
 # --- the migration ------------------------------------------------------------------------------
 
 
 def test_entries_written_before_migration_2_are_delivered(pg: Server) -> None:
+    """Before migration 2 the tail and consumers say the migration is missing; after it, the
+    entries written before it are delivered from the start, then the new ones."""
     with psycopg.connect(pg.dsn, autocommit=True) as admin:
         admin.execute("drop database if exists t_tail_migration with (force)")
         admin.execute("create database t_tail_migration")
     try:
         with psycopg.connect(pg.dsn_for("t_tail_migration")) as conn:
             assert oplog.migrate(conn, target=1) == [1]
-            _commit(conn, "old", "before")
+            commit_entry(conn, "old", "before")
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as early:
                 with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
                     list(LOG.tail(early, follow=False))
                 with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
                     oplog.Consumer("c").position(early)
             assert oplog.migrate(conn) == [2, 3]
-            _commit(conn, "new", "after")
+            commit_entry(conn, "new", "after")
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as tail:
                 assert _names(list(LOG.tail(tail, follow=False))) == ["before", "after"]
             assert oplog.migrate_down(conn, target=1) == [3, 2]
-            _commit(conn, "old", "down again")
+            commit_entry(conn, "old", "down again")
             assert len(list(LOG.read(conn))) == 3
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
@@ -383,7 +280,7 @@ def test_a_client_supplied_xact_id_is_refused(
     already past the start; the server refuses any value but its own (nothing is inserted),
     and an insert that leaves the column to its default is delivered."""
     writer = connect()
-    _commit(writer, "a", "first")
+    commit_entry(writer, "a", "first")
     driver = make_driver()
     driver.set_autocommit(True)
     ((_, after_first),) = driver.tail(follow=False)
@@ -415,7 +312,7 @@ def test_a_checkpoint_from_the_future_is_refused(
     """A checkpoint beyond the server's current snapshot (a position kept while the source was
     restored elsewhere) would silently treat every new entry as delivered: tail and consume
     raise an OplogError naming it and the server's position instead."""
-    _commit(connect(), "a", "u0")
+    commit_entry(connect(), "a", "u0")
     driver = make_driver()
     driver.set_autocommit(True)
     future = _future(driver)
@@ -449,7 +346,7 @@ def test_runs_until_caught_up_deliver_everything_committed_before_they_start(
     driver = make_driver()
     total = 0
     for burst in (batch_size, 2 * batch_size, 1, batch_size):
-        LOG.write_many(writer, [("a", [_op(f"u{total + i}")], None) for i in range(burst)])
+        LOG.write_many(writer, [("a", [user_create(f"u{total + i}")], None) for i in range(burst)])
         writer.commit()
         total += burst
         assert driver.consume("c", follow=False, batch_size=batch_size) == burst
@@ -461,43 +358,13 @@ def test_runs_until_caught_up_deliver_everything_committed_before_they_start(
     tail.set_autocommit(True)
     items = tail.tail(follow=False, batch_size=batch_size)
     boundary = items[batch_size - 1][1]
-    LOG.write_many(writer, [("a", [_op("later")], None)])
+    LOG.write_many(writer, [("a", [user_create("later")], None)])
     writer.commit()
     later = tail.tail(after=boundary, follow=False, batch_size=batch_size)
     assert _names(later) == [f"u{i}" for i in range(batch_size, total)] + ["later"]
 
 
 # --- lag (issue 11) -----------------------------------------------------------------------------
-
-
-def test_consumer_lag_counts_committed_entries_not_yet_applied(
-    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect
-) -> None:
-    """Consumer.lag: how many committed entries lie after the consumer's position (also one
-    inside a poll) and how old the oldest is; entries of open transactions do not count."""
-    writer = connect()
-    for i in range(5):
-        _commit(writer, f"a{i % 2}", f"u{i}")
-    open_writer = connect()
-    LOG.write(open_writer, "a0", [_op("uncommitted")])
-    driver = make_driver()
-    driver.set_autocommit(True)
-    items = driver.tail(follow=False, batch_size=2)
-    consumer = oplog.Consumer("c")
-    fresh = driver.lag("c")
-    assert fresh.entries == 5
-    assert fresh.oldest is not None
-    assert fresh.age is not None
-    assert fresh.age.total_seconds() >= 0
-    for done, (_, checkpoint) in enumerate(items, start=1):
-        consumer.save(conn, checkpoint)
-        conn.commit()
-        lag = driver.lag("c")
-        assert lag.entries == 5 - done, (done, str(checkpoint))
-    assert driver.lag("c").oldest is None
-    assert driver.lag("c").age is None
-    open_writer.commit()
-    assert driver.lag("c").entries == 1
 
 
 def test_partitions_split_the_log_by_aggregate(make_driver: MakeDriver, connect: Connect) -> None:
@@ -507,7 +374,7 @@ def test_partitions_split_the_log_by_aggregate(make_driver: MakeDriver, connect:
     assert oplog.partition_of("users", 7) == 2613468202 % 7
     writer = connect()
     for i in range(30):
-        _commit(writer, f"agg{i % 10}", f"u{i}")
+        commit_entry(writer, f"agg{i % 10}", f"u{i}")
     driver = make_driver()
     driver.set_autocommit(True)
     everything = driver.tail(follow=False)
