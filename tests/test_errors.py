@@ -17,6 +17,9 @@ from oplog import _core
         (oplog.DecryptError, (oplog.OplogError,)),
         (oplog.TicketNotFoundError, (oplog.OplogError,)),
         (oplog.TicketConflictError, (oplog.OplogError,)),
+        (oplog.SchemaError, (oplog.InvalidParameterError,)),
+        (oplog.KeyFileError, (oplog.OplogError,)),
+        (oplog.EmbeddedServerError, (oplog.OplogError,)),
     ],
 )
 def test_each_error_has_its_documented_bases(cls: type, bases: tuple[type, ...]) -> None:
@@ -52,3 +55,16 @@ def test_a_serializer_exception_propagates_unchanged() -> None:
     op = oplog.Operation(Exploding(), "user", oplog.OpType.CREATE)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="boom"):
         _core.encode_operations([op], "v2")
+
+
+def test_every_error_class_lives_in_errors_and_is_exported() -> None:
+    """Every OplogError subclass is defined in oplog.errors and importable from oplog; the
+    modules that raise KeyFileError and EmbeddedServerError use those very classes."""
+    from oplog import embedded, errors, keyfile
+
+    classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
+    for cls in classes:
+        assert cls.__module__ == "oplog.errors"
+        assert getattr(oplog, cls.__name__) is cls
+    assert keyfile.KeyFileError is oplog.KeyFileError
+    assert embedded.EmbeddedServerError is oplog.EmbeddedServerError
