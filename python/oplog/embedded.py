@@ -10,7 +10,14 @@ from pathlib import Path
 
 from oplog.errors import EmbeddedServerError
 
-__all__ = ["EmbeddedStatus", "default_data_dir", "ensure_running", "status", "stop"]
+__all__ = [
+    "EmbeddedServerError",
+    "EmbeddedStatus",
+    "default_data_dir",
+    "ensure_running",
+    "status",
+    "stop",
+]
 
 
 ROOT_DATA_DIR = Path("/var/lib/oplog/pgdata")
