@@ -85,7 +85,9 @@ impl<'a> Envelope<'a> {
             ));
         }
         if self.op_type == OP_UPDATE {
-            if self.field_mask.is_empty() && self.null_mask.is_empty() {
+            // Boundary today refuses an UPDATE without paths; be9f25cce1 (v1) accepted one and
+            // replays it as a save of the whole row, so a v1 queue may carry it.
+            if format == Format::V2 && self.field_mask.is_empty() && self.null_mask.is_empty() {
                 return Err(invalid(
                     "UPDATE needs field-mask paths or set-to-null paths".into(),
                 ));
@@ -197,9 +199,7 @@ impl<'a> Envelope<'a> {
                 value: env.op_type,
             });
         }
-        if env.op_type == OP_UPDATE && env.field_mask.is_empty() && env.null_mask.is_empty() {
-            return Err(CodecError::UpdateWithoutPaths { offset: base });
-        }
+        // An UPDATE without paths decodes: be9f25cce1 wrote them (a save of the whole row).
         Ok(env)
     }
 }
@@ -358,9 +358,10 @@ mod tests {
                 value: 6
             }
         );
-        // UPDATE with neither mask
-        let err = Envelope::decode(&hex("0a01751802"), 4).unwrap_err();
-        assert_eq!(err, CodecError::UpdateWithoutPaths { offset: 4 });
+        // An UPDATE with neither mask decodes, as be9f25cce1 wrote it.
+        let bytes = hex("0a01751802");
+        let update = Envelope::decode(&bytes, 4).unwrap();
+        assert_eq!((update.op_type, update.field_mask.len()), (2, 0));
     }
 
     #[test]
@@ -371,6 +372,7 @@ mod tests {
             ..Envelope::default()
         };
         assert!(update.validate(Format::V2, 0).is_err());
+        assert!(update.validate(Format::V1, 0).is_ok());
         let both = Envelope {
             field_mask: vec!["Name"],
             null_mask: vec!["name"],

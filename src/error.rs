@@ -38,8 +38,6 @@ pub enum CodecError {
     InvalidUtf8 { offset: usize, field: &'static str },
     /// `operation_type` holds a value that is not an `OpType`.
     UnknownOpType { offset: usize, value: u64 },
-    /// An UPDATE carries neither field-mask paths nor set-to-null paths.
-    UpdateWithoutPaths { offset: usize },
     /// An operation handed to the encoder is not valid; nothing of the batch was encoded.
     InvalidOperation { index: usize, reason: String },
     /// An array has more elements than a PostgreSQL array can hold (`i32::MAX`).
@@ -62,8 +60,7 @@ impl CodecError {
             | CodecError::WrongWireType { offset, .. }
             | CodecError::Truncated { offset, .. }
             | CodecError::InvalidUtf8 { offset, .. }
-            | CodecError::UnknownOpType { offset, .. }
-            | CodecError::UpdateWithoutPaths { offset } => Some(offset),
+            | CodecError::UnknownOpType { offset, .. } => Some(offset),
             CodecError::InvalidOperation { .. }
             | CodecError::ArrayTooLong { .. }
             | CodecError::ElementTooLarge { .. } => None,
@@ -111,10 +108,6 @@ impl fmt::Display for CodecError {
             UnknownOpType { offset, value } => {
                 write!(f, "unknown operation type {value} at offset {offset}")
             }
-            UpdateWithoutPaths { offset } => write!(
-                f,
-                "UPDATE operation at offset {offset} has neither field-mask nor set-to-null paths"
-            ),
             InvalidOperation { index, reason } => write!(f, "operation {index}: {reason}"),
             ArrayTooLong { len } => write!(
                 f,

@@ -43,8 +43,7 @@ impl From<CodecError> for PyErr {
             | CodecError::WrongWireType { offset, .. }
             | CodecError::Truncated { offset, .. }
             | CodecError::InvalidUtf8 { offset, .. }
-            | CodecError::UnknownOpType { offset, .. }
-            | CodecError::UpdateWithoutPaths { offset } => DecodeError::new_err((message, offset)),
+            | CodecError::UnknownOpType { offset, .. } => DecodeError::new_err((message, offset)),
             CodecError::InvalidOperation { .. }
             | CodecError::ArrayTooLong { .. }
             | CodecError::ElementTooLarge { .. } => InvalidParameterError::new_err(message),

@@ -258,11 +258,11 @@ def test_entries_written_before_migration_2_are_delivered(pg: Server) -> None:
                     list(LOG.tail(early, follow=False))
                 with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
                     oplog.Consumer("c").position(early)
-            assert oplog.migrate(conn) == [2, 3]
+            assert oplog.migrate(conn) == [2, 3, 4]
             commit_entry(conn, "new", "after")
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as tail:
                 assert _names(list(LOG.tail(tail, follow=False))) == ["before", "after"]
-            assert oplog.migrate_down(conn, target=1) == [3, 2]
+            assert oplog.migrate_down(conn, target=1) == [4, 3, 2]
             commit_entry(conn, "old", "down again")
             assert len(list(LOG.read(conn))) == 3
     finally:

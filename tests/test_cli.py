@@ -151,8 +151,8 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     cli, dsn = cli_db
     cli("keygen")
     (migrated,) = cli.json("migrate")
-    assert migrated == {"applied": [1, 2, 3], "current": [1, 2, 3]}
-    assert cli.json("migrate") == [{"applied": [], "current": [1, 2, 3]}]
+    assert migrated == {"applied": [1, 2, 3, 4], "current": [1, 2, 3, 4]}
+    assert cli.json("migrate") == [{"applied": [], "current": [1, 2, 3, 4]}]
     cli("demo")
     entries = cli.json("ls")
     assert [e["id"] for e in entries] == list(range(1, 8))
@@ -186,7 +186,7 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     tickets = {s["name"]: s["version"] for s in stats if s["kind"] == "ticket"}
     assert sum(v - 1 for v in tickets.values()) == 7
     (down,) = cli.json("migrate", "--down")
-    assert down["reverted"] == [3, 2, 1]
+    assert down["reverted"] == [4, 3, 2, 1]
     cli.one_line_error("ls", code=5)
 
 

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import oplog
+from oplog import _core
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import reference_codec
 from tests.golden import CATALOG
@@ -24,10 +25,9 @@ def test_v2_matches_the_reference_byte_for_byte(ops: list[oplog.Operation]) -> N
 
 @given(st.lists(operations("v1"), max_size=12))
 def test_v1_matches_the_reference_byte_for_byte(ops: list[oplog.Operation]) -> None:
-    """Random v1 operations encode exactly as the reference does without fields 5 and 6."""
-    q = oplog.Queue(version="v1")
-    q.extend(ops)
-    assert bytes(q) == reference_codec.encode(ops, "v1")
+    """Random v1 operations encode exactly as the reference does without fields 5 and 6 (the
+    codec itself: a v1 Queue also rewrites mask paths in the Go spelling first)."""
+    assert _core.encode_operations(ops, "v1") == reference_codec.encode(ops, "v1")
 
 
 @given(st.lists(operations("v2"), max_size=12))

@@ -27,7 +27,10 @@ _CONFLICTS = (
 )
 
 # What each migration brings that a statement may miss, for the error that names it.
-_MIGRATIONS = {2: "entry transaction ids, consumer positions"}
+_MIGRATIONS = {
+    1: "the oplog tables with their key_id column",
+    2: "entry transaction ids, consumer positions",
+}
 
 
 @contextmanager
@@ -58,6 +61,7 @@ def requiring_migration(version: int) -> Iterator[None]:
         brings = _MIGRATIONS.get(version)
         what = f" ({brings})" if brings else ""
         raise SchemaError(
-            f"the database lacks oplog migration {version}{what}:"
-            f" apply it with oplog.migrate ({exc.diag.message_primary})"
+            f"the database lacks oplog migration {version}{what}: apply it with oplog.migrate"
+            " (`oplog migrate`), which also adopts HashiCorp Boundary's oplog tables in place"
+            f" ({exc.diag.message_primary})"
         ) from exc

@@ -237,6 +237,23 @@ MIGRATIONS_EXIST = "select to_regclass('oplog_schema_migrations') is not null"
 MIGRATION_RECORD = "insert into oplog_schema_migrations (version, name) values (%s, %s)"
 MIGRATION_FORGET = "delete from oplog_schema_migrations where version = %s"
 
+# HashiCorp Boundary's oplog tables: its three tables, and no key_id (schema.boundary_tables
+# also checks that no oplog migration is recorded).
+BOUNDARY_TABLES = """
+select to_regclass('oplog_entry') is not null
+  and to_regclass('oplog_ticket') is not null
+  and to_regclass('oplog_metadata') is not null
+  and not exists (select from pg_attribute
+                  where attrelid = to_regclass('oplog_entry') and attname = 'key_id'
+                    and not attisdropped)
+"""
+ADD_KEY_ID = "alter table oplog_entry add column key_id text"
+ENTRY_BLOBS = "select id, data from oplog_entry order by id"
+SET_KEY_IDS = """
+update oplog_entry e set key_id = u.key_id
+from unnest(%s::bigint[], %s::text[]) as u (id, key_id) where e.id = u.id
+"""
+
 # --- inspection (oplog ls) ----------------------------------------------------------------------
 
 ENTRY_IDS = "select e.id from oplog_entry e where {} order by e.id{}"

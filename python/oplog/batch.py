@@ -13,7 +13,7 @@ from oplog import _core, _sql, pgarray
 from oplog.entry import metadata_rows, normalize_metadata
 from oplog.errors import InvalidParameterError, OplogError, UnknownTypeError
 from oplog.operation import Operation
-from oplog.queue import check_classes
+from oplog.queue import check_classes, for_go_readers
 
 if TYPE_CHECKING:
     from oplog.settings import OplogSettings
@@ -103,7 +103,10 @@ class EntryBatch:
         encrypt = self.log.wrapper.encrypt
         version = self.log.format_version
         encode = _core.encode_operations
-        blobs = [encrypt(encode(ops, version)) for ops in self.operations[start:end]]
+        chunk = self.operations[start:end]
+        if version == "v1":
+            chunk = [for_go_readers(ops) for ops in chunk]
+        blobs = [encrypt(encode(ops, version)) for ops in chunk]
         meta_ord: list[int] = []
         meta_keys: list[str] = []
         meta_values: list[str | None] = []

@@ -52,6 +52,7 @@ EXIT_SCHEMA = 5
 EXIT_NOT_FOUND = 6
 EXIT_TYPES = 7
 EXIT_IO = 8
+EXIT_BOUNDARY = 9
 EXIT_UNEXPECTED = 70
 
 
@@ -120,11 +121,13 @@ class Context:
 
     def migrated(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         if not schema.applied_versions(conn):
+            _not_adopted(conn)
             _fail(EXIT_SCHEMA, "the database has no oplog tables: run `oplog migrate` first")
         return conn
 
     def tailable(self, conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         if 2 not in schema.applied_versions(conn):
+            _not_adopted(conn)
             _fail(EXIT_SCHEMA, "the database lacks oplog migration 2: run `oplog migrate`")
         return conn
 
@@ -155,6 +158,17 @@ class Context:
                 self.out.write(json.dumps(row, default=str) + "\n")
             return
         _table(self.out, rows, columns)
+
+
+def _not_adopted(conn: psycopg.Connection[Any]) -> None:
+    """Exits 9 when the database holds HashiCorp Boundary's oplog tables, not yet adopted."""
+    entries = schema.boundary_tables(conn)
+    if entries is not None:
+        _fail(
+            EXIT_BOUNDARY,
+            f"the database holds HashiCorp Boundary's oplog tables ({entries} entries), not"
+            " adopted yet: `oplog migrate` adopts them in place (no entry is rewritten)",
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -303,14 +317,18 @@ def _connect_dsn(dsn: str) -> psycopg.Connection[Any]:
 
 def cmd_migrate(ctx: Context) -> int:
     """Applies (or with --down reverts) the bundled migrations."""
+    adopting: int | None = None
     with ctx.connect(autocommit=True) as conn:
         try:
             if ctx.args.down:
                 versions = oplog.migrate_down(conn, target=ctx.args.target or 0)
                 verb = "reverted"
             else:
+                adopting = schema.boundary_tables(conn)
                 versions = oplog.migrate(conn, target=ctx.args.target)
                 verb = "applied"
+                if adopting is not None and versions and not ctx.json:
+                    ctx.out.write(f"adopted the Boundary oplog tables: {adopting} entries\n")
         except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:
             _fail(
                 EXIT_SCHEMA,
@@ -319,7 +337,10 @@ def cmd_migrate(ctx: Context) -> int:
             )
         current = schema.applied_versions(conn)
     if ctx.json:
-        ctx.out.write(json.dumps({verb: versions, "current": current}) + "\n")
+        payload: dict[str, Any] = {verb: versions, "current": current}
+        if not ctx.args.down and adopting is not None and versions:
+            payload["adopted"] = adopting
+        ctx.out.write(json.dumps(payload) + "\n")
     else:
         at = current[-1] if current else 0
         ctx.out.write(f"{verb} {versions or 'nothing'}; schema at version {at}\n")

@@ -43,9 +43,10 @@ def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Me
 
     Raises:
         InvalidParameterError: `metadata` is not a mapping; a key is not a non-empty str; a
-            value is neither a str nor a sequence of str; a key or value is not storable
-            text (see :func:`oplog.ticket.check_text`: valid UTF-8, no NUL, at most
-            2048 bytes).
+            value is neither a str nor a sequence of str, or is empty (a key without a value
+            is ``key: []``; stored, an empty value reads back as none); a key or value is
+            not storable text (see :func:`oplog.ticket.check_text`: valid UTF-8, no NUL, at
+            most 2048 bytes).
     """
     out: Metadata = {}
     if metadata is None:
@@ -69,6 +70,11 @@ def normalize_metadata(metadata: Mapping[str, Sequence[str] | str] | None) -> Me
         for value in items:
             if not isinstance(value, str):
                 raise InvalidParameterError(f"metadata {key!r} has a non-str value {value!r}")
+            if not value:
+                # Stored, an empty value is what the Go original writes for a key without one.
+                raise InvalidParameterError(
+                    f"metadata {key!r} has an empty value: a key without a value is {key!r}: []"
+                )
             check_text(value, f"metadata {key!r} value")
         out[key] = items
     return out
@@ -88,11 +94,12 @@ def metadata_rows(metadata: Metadata) -> tuple[list[str], list[str | None]]:
 
 def group_metadata(rows: Iterable[Sequence[Any]]) -> dict[int, Metadata]:
     """The inverse of :func:`metadata_rows` over stored ``(entry_id, key, value)`` rows:
-    metadata per entry id, a NULL value meaning a key without values."""
+    metadata per entry id. A NULL value (as oplog writes it) and an empty one (as the Go
+    original writes it, and reads a NULL back) both mean a key without values."""
     out: dict[int, Metadata] = {}
     for entry_id, key, value in rows:
         values = out.setdefault(entry_id, {}).setdefault(key, [])
-        if value is not None:
+        if value:  # NULL (oplog) or '' (the Go original): a key without a value
             values.append(value)
     return out
 

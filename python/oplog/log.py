@@ -192,7 +192,9 @@ class Oplog(OplogSettings):
         """
         pages = ReadPages(aggregate_name, after_id, limit)
         while (params := pages.next_query()) is not None:
-            rows = execute(conn, _sql.READ_PAGE, params).fetchall()
+            with requiring_migration(1):
+                found = execute(conn, _sql.READ_PAGE, params)
+            rows = found.fetchall()
             ids = [row[0] for row in rows]
             metadata = _metadata(conn, ids)
             yield from pages.entries(rows, metadata, self.wrapper)

@@ -195,7 +195,9 @@ class AsyncOplog(OplogSettings):
         """
         pages = ReadPages(aggregate_name, after_id, limit)
         while (params := pages.next_query()) is not None:
-            rows = await (await aexecute(conn, _sql.READ_PAGE, params)).fetchall()
+            with requiring_migration(1):
+                found = await aexecute(conn, _sql.READ_PAGE, params)
+            rows = await found.fetchall()
             ids = [row[0] for row in rows]
             metadata = await _metadata(conn, ids)
             for entry in pages.entries(rows, metadata, self.wrapper):

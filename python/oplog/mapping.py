@@ -21,7 +21,7 @@ from psycopg import sql
 
 from oplog.catalog import Table, TypeCatalog, check_identifier
 from oplog.errors import InvalidParameterError
-from oplog.operation import Operation, OperationOptions, OpType
+from oplog.operation import Operation, OperationOptions, OpType, normalize_path
 
 __all__ = ["Column", "Statements", "TableMapping", "from_db", "is_unset", "to_db"]
 
@@ -45,10 +45,6 @@ def _is_repeated(field: Any) -> bool:
     if hasattr(field, "is_repeated"):
         return bool(field.is_repeated)
     return bool(field.label == FieldDescriptor.LABEL_REPEATED)
-
-
-def _normalize(path: str) -> str:
-    return path.replace("_", "").lower()
 
 
 class Column(NamedTuple):
@@ -87,7 +83,7 @@ class TableMapping:
                 kind = "scalar"
             column = Column(field, field.name, kind, field.has_presence)
             self.columns.append(column)
-            by_normalized[_normalize(field.name)] = column
+            by_normalized[normalize_path(field.name)] = column
         self.by_normalized = by_normalized
         self.by_name = {c.name: c for c in self.columns}
         self.primary_key = [self.by_name[name] for name in table.primary_key]
@@ -99,7 +95,7 @@ class TableMapping:
         """The column a field-mask path names."""
         if not isinstance(path, str) or not path:
             raise InvalidParameterError(f"field path must be a non-empty str, not {path!r}")
-        column = self.by_normalized.get(_normalize(path))
+        column = self.by_normalized.get(normalize_path(path))
         if column is None:
             raise InvalidParameterError(
                 f"field path {path!r} names no column of table {self.table.name!r}"
@@ -428,3 +424,12 @@ class Statements:
         if len({query for query, _ in inserts}) > 1:
             return None
         return m, inserts[0][0], [params for _, params in inserts]
+
+
+def replayed_mask(m: TableMapping, op: Operation) -> Sequence[str]:
+    """The paths an UPDATE sets when it is replayed: its field mask; for an UPDATE with
+    neither mask nor null paths (which be9f25cce1 writes, and replays as a save of the whole
+    row), every column but the key."""
+    if op.field_mask or op.null_paths:
+        return op.field_mask
+    return [c.name for c in m.columns_without_key]

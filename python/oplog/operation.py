@@ -41,3 +41,32 @@ class Operation(NamedTuple):
     field_mask: tuple[str, ...] = ()
     null_paths: tuple[str, ...] = ()
     options: OperationOptions | None = None
+
+
+def normalize_path(path: str) -> str:
+    """A field-mask path as it is matched to a field: without underscores, lower case (so
+    ``phone_number``, ``PhoneNumber`` and ``PHONENUMBER`` name one field)."""
+    return path.replace("_", "").lower()
+
+
+def go_field_name(name: str) -> str:
+    """The Go struct field name protoc-gen-go gives proto field `name` (``phone_number`` ->
+    ``PhoneNumber``): a letter after an underscore (or at the start) goes upper case and the
+    underscore goes; an underscore before anything else stays; a leading one becomes ``X``."""
+    out: list[str] = []
+    i = 0
+    while i < len(name):
+        c = name[i]
+        if c == "_" and i == 0:
+            out.append("X")
+        elif c == "_" and i + 1 < len(name) and name[i + 1].islower():
+            pass
+        elif c.isdigit() or c == "_":
+            out.append(c)
+        else:
+            out.append(c.upper())
+            while i + 1 < len(name) and name[i + 1].islower():
+                i += 1
+                out.append(name[i])
+        i += 1
+    return "".join(out)

@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from oplog import _core
 from oplog.catalog import TypeCatalog
 from oplog.errors import InvalidParameterError, UnknownTypeError
-from oplog.operation import Operation, OperationOptions, OpType
+from oplog.operation import Operation, OperationOptions, OpType, go_field_name, normalize_path
 
 __all__ = ["Queue", "check_class", "check_classes"]
 
@@ -112,6 +112,8 @@ class Queue:
         """
         if self._catalog is not None:
             check_class(self._catalog, message, type_name, 0)
+        if self._version == "v1" and field_mask:
+            field_mask = go_mask(message, field_mask, 0)
         self._pending.add(message, type_name, op_type, field_mask, null_paths, options)
 
     def extend(self, operations: Iterable[Operation]) -> None:
@@ -121,13 +123,17 @@ class Queue:
             InvalidParameterError: An operation is invalid: its message is not a protobuf
                 message (or, with a catalog, not of its type name's class); the type name is
                 empty; the op type is UNSPECIFIED or unknown; an UPDATE has neither field-mask
-                nor null paths, or a path is in both (case-insensitively); null paths or options
-                in a v1 queue. Nothing of the batch is added.
+                nor null paths (in v2), or a path is in both (case-insensitively); null paths or
+                options in a v1 queue, or a v1 mask path that names no field of the message (a
+                v1 queue writes each path in the Go field spelling, ``PhoneNumber``, the one
+                be9f25cce1 resolves). Nothing of the batch is added.
             UnknownTypeError: The queue has a catalog and a type name is not in it.
         """
         batch = operations if isinstance(operations, (list, tuple)) else list(operations)
         if self._catalog is not None:
             check_classes(self._catalog, batch)
+        if self._version == "v1":
+            batch = for_go_readers(batch)
         self._pending.extend(batch)
 
     def _consolidate(self) -> bytes:
@@ -188,3 +194,34 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue(version={self._version!r}, nbytes={self.nbytes})"
+
+
+def go_mask(message: object, field_mask: Sequence[str], index: int) -> tuple[str, ...]:
+    """`field_mask` in the Go field spelling (``phone_number`` -> ``PhoneNumber``): the paths
+    be9f25cce1 matches to struct fields, case-insensitively. Each path must name a field of
+    `message` (as oplog resolves paths: underscores and case aside).
+
+    Raises:
+        InvalidParameterError: A path names no field (be9f25cce1 would ignore it).
+    """
+    descriptor = getattr(message, "DESCRIPTOR", None)
+    if descriptor is None or isinstance(field_mask, str):
+        return tuple(field_mask)  # not a message or not a sequence: the encoder says why
+    fields = {normalize_path(f.name): f.name for f in descriptor.fields}
+    out = []
+    for path in field_mask:
+        name = fields.get(normalize_path(path)) if isinstance(path, str) else None
+        if name is None:
+            raise InvalidParameterError(
+                f"operation {index}: field-mask path {path!r} names no field of {descriptor.name}"
+            )
+        out.append(go_field_name(name))
+    return tuple(out)
+
+
+def for_go_readers(operations: Sequence[Operation]) -> list[Operation]:
+    """`operations` with every field mask in the Go field spelling (see :func:`go_mask`)."""
+    return [
+        op._replace(field_mask=go_mask(op.message, op.field_mask, i)) if op.field_mask else op
+        for i, op in enumerate(operations)
+    ]

@@ -21,6 +21,7 @@ from oplog import pgarray
 from oplog._db import aexecute
 from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
+from oplog.mapping import replayed_mask
 from oplog.operation import Operation, OpType
 from oplog.replay_plan import Plan, ReplayCache, Run
 from oplog.writer_async import AsyncWriter
@@ -122,9 +123,8 @@ class AsyncReplayer:
             if first.op_type == OpType.CREATE:
                 await w.create(_copy(first.message), target, options=first.options, _override=True)
             elif first.op_type == OpType.UPDATE:
-                await w.update(
-                    first.message, first.field_mask, first.null_paths, target, options=first.options
-                )
+                mask = replayed_mask(w.statements.map(first.message, target), first)
+                await w.update(first.message, mask, first.null_paths, target, options=first.options)
             elif first.op_type == OpType.DELETE:
                 await w.delete(first.message, target, options=first.options)
             elif first.op_type == OpType.CREATE_ITEMS:

@@ -16,7 +16,7 @@ from psycopg import sql
 from oplog import pgarray
 from oplog.catalog import check_identifier
 from oplog.errors import InvalidParameterError, SchemaError
-from oplog.mapping import Column, Statements, TableMapping, is_unset, to_db
+from oplog.mapping import Column, Statements, TableMapping, is_unset, replayed_mask, to_db
 from oplog.operation import Operation, OpType
 
 __all__ = ["Plan", "ReplayCache", "Run", "as_text"]
@@ -126,7 +126,7 @@ class Plan:
             else:
                 key = tuple(values[i] for i in m.key_positions)
         elif kind == "update":
-            sets, nulls = w.update_columns(m, op.field_mask, op.null_paths)
+            sets, nulls = w.update_columns(m, replayed_mask(m, op), op.null_paths)
             key = tuple(w.key_params(m, msg))
             columns = [*m.primary_key, *sets]
             shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
