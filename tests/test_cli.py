@@ -20,8 +20,9 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from oplog import keyfile
+from oplog import keyfile, schema
 from oplog.demo import _DDL as DDL
 from oplog.demo import SCHEMA, TABLES
 from tests.pg import Server
@@ -622,3 +623,29 @@ def test_migrate_over_tables_it_did_not_create_says_so(pg: Server, tmp_path: Pat
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_cli_foreign with (force)")
+
+
+def test_the_libpq_environment_names_the_database(pg: Server, tmp_path: Path) -> None:
+    """With neither --dsn nor OPLOG_DSN the libpq environment (PGHOST, PGPORT, PGUSER,
+    PGDATABASE) names the database when any of it is set, and `--dsn ""` means libpq's
+    defaults (that environment too); the embedded server starts only without all of them."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_libpq with (force)")
+        admin.execute("create database t_libpq")
+    params = conninfo_to_dict(pg.dsn_for("t_libpq"))
+    env = _env(tmp_path, OPLOG_KEY_FILE=str(tmp_path / "keys.json"))
+    env = {k: v for k, v in env.items() if not k.startswith("PG")}
+    libpq = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD"}
+    env.update({var: str(params[key]) for key, var in libpq.items() if params.get(key)})
+    env["PGDATABASE"] = "t_libpq"
+    try:
+        cli = Cli(env)
+        assert cli.json("migrate")[0]["applied"] == [m.version for m in schema.migrations()]
+        assert cli.json("migrate", "--dsn", "")[0]["applied"] == []
+        with psycopg.connect(pg.dsn_for("t_libpq")) as conn:
+            assert schema.applied_versions(conn) == [m.version for m in schema.migrations()]
+        assert not (tmp_path / "xdg" / "oplog").exists(), "the embedded server was started"
+        assert "PGHOST" in cli("--help").stdout
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute("drop database if exists t_libpq with (force)")

@@ -1,8 +1,10 @@
 """The ``oplog`` command: inspect, verify and replay an operation log, and run the demo.
 
-Database: ``--dsn`` or ``OPLOG_DSN``; with neither, an embedded PostgreSQL in ``--data-dir``
-(default ``$XDG_DATA_HOME/oplog/pgdata``; for root ``/var/lib/oplog/pgdata``), started on demand
-and left running for later runs.
+Database: ``--dsn`` (``--dsn ""``: libpq's defaults), else ``OPLOG_DSN``, else the libpq
+environment (``PGHOST``, ``PGPORT``, ``PGDATABASE``, ``PGUSER``, ``PGSERVICE``, ...) when any of
+it is set, else an embedded PostgreSQL in ``--data-dir`` (default
+``$XDG_DATA_HOME/oplog/pgdata``; for root ``/var/lib/oplog/pgdata``), started on demand and left
+running for later runs.
 Keys: ``--key-file`` or ``OPLOG_KEY_FILE`` (default ``$XDG_DATA_HOME/oplog/keys.json``).
 
 Exit codes: 0 success; 1 verification found a problem, or an entry does not replay; 2 usage
@@ -11,8 +13,9 @@ error (a bad argument, a malformed DSN, an argument that is not UTF-8); 3 databa
 by others, or an entry does not decrypt; 5 the database lacks tables the command needs (oplog's:
 run ``oplog migrate``; the replayed ones: see ``--search-path``), or has tables in the way of a
 migration; 6 no such entry; 7 the ``--types`` module or catalog cannot be loaded, or an entry
-holds a type it does not know; 8 a file cannot be read or written; 70 an unexpected error (a bug:
-please report it).
+holds a type it does not know; 8 a file cannot be read or written; 9 the database holds
+HashiCorp Boundary's oplog tables, not adopted yet (``oplog migrate`` adopts them); 70 an
+unexpected error (a bug: please report it).
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ EXIT_BOUNDARY = 9
 EXIT_UNEXPECTED = 70
 
 
+# The libpq environment variables that say which server and database to connect to: with any
+# of them set (and neither --dsn nor OPLOG_DSN), the command connects as libpq would.
+_LIBPQ_ENVIRONMENT = (
+    "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE",
+    "PGSERVICE", "PGSERVICEFILE", "PGSSLMODE", "PGOPTIONS", "PGAPPNAME",
+)  # fmt: skip
+
+
 class CommandError(Exception):
     """A failure reported as one line on stderr with an exit code."""
 
@@ -91,14 +102,28 @@ class Context:
         base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return Path(base) / "oplog" / "keys.json"
 
+    def _chosen_dsn(self) -> tuple[str, str] | None:
+        """The DSN and where it came from: --dsn (``""`` is libpq's defaults), else
+        OPLOG_DSN, else the libpq environment when any of its variables is set (an empty
+        DSN: libpq reads them); None means the embedded server."""
+        if self.args.dsn is not None:
+            return str(self.args.dsn), "--dsn"
+        if os.environ.get("OPLOG_DSN"):
+            return os.environ["OPLOG_DSN"], "OPLOG_DSN"
+        found = sorted(name for name in _LIBPQ_ENVIRONMENT if os.environ.get(name))
+        if found:
+            return "", f"the libpq environment ({', '.join(found)})"
+        return None
+
     def dsn_source(self) -> str:
         """Where the DSN comes from, for error messages."""
-        return "--dsn" if self.args.dsn else "OPLOG_DSN"
+        chosen = self._chosen_dsn()
+        return "the embedded server" if chosen is None else chosen[1]
 
     def dsn(self) -> str:
-        dsn = self.args.dsn or os.environ.get("OPLOG_DSN")
-        if dsn:
-            return str(dsn)
+        chosen = self._chosen_dsn()
+        if chosen is not None:
+            return chosen[0]
         try:
             return embedded.ensure_running(self.data_dir)
         except oplog.EmbeddedServerError as exc:
@@ -287,8 +312,8 @@ def cmd_demo(ctx: Context) -> int:
         sys.stderr.write(f"oplog: created key file {ctx.key_file}\n")
     wrapper = ctx.wrapper()
     dsn = ctx.dsn()
-    given = ctx.args.dsn or os.environ.get("OPLOG_DSN")
-    where = "the given DSN" if given else f"embedded PostgreSQL in {ctx.data_dir}"
+    source = ctx.dsn_source()
+    where = f"embedded PostgreSQL in {ctx.data_dir}" if source == "the embedded server" else source
     out = sys.stdout if not ctx.json else open(os.devnull, "w")  # noqa: SIM115
     out.write(f"oplog demo on {where}\n")
     start = time.perf_counter()
@@ -852,7 +877,12 @@ def _text_arg(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``oplog`` command."""
     common = _Parser(add_help=False)
-    common.add_argument("--dsn", help="PostgreSQL connection string (default: $OPLOG_DSN)")
+    common.add_argument(
+        "--dsn",
+        help='PostgreSQL connection string ("": libpq\'s defaults); default: $OPLOG_DSN, else'
+        " the libpq environment (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSERVICE, ...) when set,"
+        " else the embedded server",
+    )
     common.add_argument("--data-dir", help="embedded server data directory")
     common.add_argument("--key-file", help="key file (default: $OPLOG_KEY_FILE)")
     common.add_argument(
@@ -870,9 +900,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oplog",
         description="Inspect, verify and replay an oplog.",
         epilog=(
+            "database: --dsn (\"\": libpq's defaults), else $OPLOG_DSN, else the libpq"
+            " environment (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSERVICE, ...) when any is set,"
+            " else the embedded server. "
             "exit codes: 0 ok, 1 verification problem, 2 usage, 3 database unreachable, "
             "4 key problem, 5 not migrated, 6 no such entry, 7 --types not loadable, "
-            "8 file not readable or writable, 70 unexpected error"
+            "8 file not readable or writable, 9 Boundary tables not adopted, 70 unexpected error"
         ),
     )
     parser.add_argument("--version", action="version", version=f"oplog {oplog.__version__}")
