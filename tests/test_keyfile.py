@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import oplog
 from oplog import keyfile
 
 
@@ -103,3 +105,48 @@ def test_malformed_key_files_name_what_is_wrong(
     os.chmod(path, 0o600)
     with pytest.raises(keyfile.KeyFileError, match=match):
         keyfile.load_wrapper(path)
+
+
+def _document(*keys: tuple[str, bytes]) -> str:
+    return json.dumps({"keys": [{"id": i, "key": base64.b64encode(k).decode()} for i, k in keys]})
+
+
+def test_keys_load_from_the_environment_for_containers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """oplog.load_keys() takes key material from OPLOG_KEYS (a key file's JSON, or base64 of
+    it) before OPLOG_KEY_FILE and the default file; an explicit path comes first of all."""
+    first, second = bytes(range(32)), bytes(range(1, 33))
+    document = _document(("env-1", first), ("env-0", second))
+    file = tmp_path / "keys.json"
+    keyfile.add_key(file, "from-file")
+    monkeypatch.setenv("OPLOG_KEY_FILE", str(file))
+    monkeypatch.delenv("OPLOG_KEYS", raising=False)
+    assert oplog.load_keys().key_ids == ["from-file"]
+    for value in (document, base64.b64encode(document.encode()).decode()):
+        monkeypatch.setenv("OPLOG_KEYS", value)
+        wrapper = oplog.load_keys()
+        assert wrapper.key_ids == ["env-1", "env-0"]
+        blob = oplog.AeadWrapper(second, "env-0").encrypt(b"older")
+        assert wrapper.decrypt(wrapper.encrypt(b"new")) == b"new"
+        assert wrapper.decrypt(blob) == b"older"
+    assert oplog.load_keys(file).key_ids == ["from-file"]
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("not json", "OPLOG_KEYS is neither"),
+        ('{"keys": []}', "OPLOG_KEYS holds no keys"),
+        ('{"keys": [{"id": "a", "key": "c2hvcnQ="}]}', "OPLOG_KEYS: key 'a' is 5 bytes"),
+    ],
+)
+def test_bad_key_material_in_the_environment_is_named_not_shown(
+    monkeypatch: pytest.MonkeyPatch, value: str, match: str
+) -> None:
+    """Malformed OPLOG_KEYS is a KeyFileError naming the variable and what is wrong, never
+    echoing the material."""
+    monkeypatch.setenv("OPLOG_KEYS", value)
+    with pytest.raises(oplog.KeyFileError, match=match) as info:
+        oplog.load_keys()
+    assert "c2hvcnQ" not in str(info.value)

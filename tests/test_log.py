@@ -3,6 +3,7 @@ both (tests/drivers.py). Oplog.apply: the data change and its entry in one state
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
@@ -357,3 +358,26 @@ def test_in_autocommit_an_apply_is_one_committed_transaction(
         entry = LOG.apply(auto, "fleet", [_create(TestUser(id=5, name="Eve"), "user")])
     assert rows(conn, "users") == [(5, "Eve", "", "", 0)]
     assert [e.id for e in LOG.read(conn)] == [entry.id]
+
+
+def test_a_write_outside_any_transaction_warns_once_per_connection(
+    make_driver: MakeDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """write and write_many on an autocommit connection with no transaction open commit the
+    entry alone, apart from any data change: the "oplog" logger warns, once per connection;
+    inside a transaction, or for apply (its data change and entry are one statement), it
+    does not."""
+    caplog.set_level(logging.WARNING, logger="oplog")
+    driver = make_driver()
+    driver.write("t", [oplog.Operation(TestUser(id=1), "user", oplog.OpType.DELETE)])
+    driver.commit()
+    assert caplog.records == []
+    driver.set_autocommit(True)
+    driver.apply("t", [oplog.Operation(TestUser(id=1), "user", oplog.OpType.DELETE)])
+    assert caplog.records == []
+    driver.write("t", [oplog.Operation(TestUser(id=1), "user", oplog.OpType.DELETE)])
+    driver.write_many(batch_items(2, ["t"]))
+    (record,) = caplog.records
+    assert record.name == "oplog"
+    assert "autocommit" in record.getMessage()
+    assert "same transaction" in record.getMessage()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import oplog
 from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
@@ -158,3 +160,47 @@ def test_invalid_keys_and_ids_are_rejected(key: Any, key_id: Any) -> None:
     """Keys are 32 bytes and key ids non-empty strings."""
     with pytest.raises(oplog.InvalidParameterError):
         oplog.AeadWrapper(key, key_id)
+
+
+class EnvelopeWrapper:
+    """An envelope-encryption wrapper, as one backed by a KMS would be: the data key is kept
+    wrapped by a key-encryption key (here a local AES key standing in for the KMS), unwrapped
+    once, and blobs are AES-GCM under the data key in the Go layout (through AeadWrapper)."""
+
+    def __init__(self, wrapped_data_key: bytes, kek: AESGCM, key_id: str) -> None:
+        nonce, sealed = wrapped_data_key[:12], wrapped_data_key[12:]
+        self._inner = oplog.AeadWrapper(kek.decrypt(nonce, sealed, key_id.encode()), key_id)
+
+    @staticmethod
+    def wrap(data_key: bytes, kek: AESGCM, key_id: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + kek.encrypt(nonce, data_key, key_id.encode())
+
+    @property
+    def key_id(self) -> str:
+        return self._inner.key_id
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return self._inner.encrypt(plaintext)
+
+    def decrypt(self, blob: bytes) -> bytes:
+        return self._inner.decrypt(blob)
+
+
+def test_any_wrapper_of_the_protocol_works_alone_and_in_rotation() -> None:
+    """A wrapper of one's own (here envelope encryption with a wrapped data key) satisfies the
+    Wrapper protocol, and MultiWrapper rotates between it and AeadWrapper keys."""
+    kek = AESGCM(AESGCM.generate_key(bit_length=256))
+    data_key = AESGCM.generate_key(bit_length=256)
+    envelope = EnvelopeWrapper(EnvelopeWrapper.wrap(data_key, kek, "dek-2"), kek, "dek-2")
+    assert isinstance(envelope, oplog.Wrapper)
+    old = oplog.AeadWrapper.generate("aead-1")
+    rotated = oplog.MultiWrapper(envelope, old)
+    assert rotated.key_ids == ["dek-2", "aead-1"]
+    blob = rotated.encrypt(b"queue")
+    assert blob_key_id(blob) == "dek-2"
+    assert rotated.decrypt(blob) == b"queue"
+    assert rotated.decrypt(old.encrypt(b"older")) == b"older"
+    assert oplog.MultiWrapper(old, envelope).decrypt(blob) == b"queue"
+    with pytest.raises(oplog.DecryptError, match="unknown key id"):
+        oplog.MultiWrapper(old).decrypt(blob)

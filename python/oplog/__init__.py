@@ -24,6 +24,7 @@ from oplog.errors import (
     TicketNotFoundError,
     UnknownTypeError,
 )
+from oplog.keyfile import load_keys
 from oplog.log import Oplog
 from oplog.operation import Operation, OperationOptions, OpType
 from oplog.queue import Queue
@@ -65,6 +66,7 @@ __all__ = [
     "UnknownTypeError",
     "Wrapper",
     "Writer",
+    "load_keys",
     "migrate",
     "migrate_down",
     "partition_of",

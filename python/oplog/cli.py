@@ -96,11 +96,7 @@ class Context:
 
     @property
     def key_file(self) -> Path:
-        chosen = self.args.key_file or os.environ.get("OPLOG_KEY_FILE")
-        if chosen:
-            return Path(chosen)
-        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return Path(base) / "oplog" / "keys.json"
+        return Path(self.args.key_file) if self.args.key_file else keyfile.default_key_file()
 
     def _chosen_dsn(self) -> tuple[str, str] | None:
         """The DSN and where it came from: --dsn (``""`` is libpq's defaults), else
@@ -158,8 +154,10 @@ class Context:
 
     def wrapper(self) -> oplog.MultiWrapper:
         try:
-            return keyfile.load_wrapper(
-                self.key_file, strict_permissions=bool(getattr(self.args, "strict_perms", False))
+            # --key-file, else $OPLOG_KEYS (the material), else the key file.
+            return keyfile.load_keys(
+                self.args.key_file or None,
+                strict_permissions=bool(getattr(self.args, "strict_perms", False)),
             )
         except oplog.KeyFileError as exc:
             _fail(EXIT_KEY, str(exc))
@@ -900,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oplog",
         description="Inspect, verify and replay an oplog.",
         epilog=(
-            "database: --dsn (\"\": libpq's defaults), else $OPLOG_DSN, else the libpq"
+            'database: --dsn ("": libpq\'s defaults), else $OPLOG_DSN, else the libpq'
             " environment (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSERVICE, ...) when any is set,"
             " else the embedded server. "
             "exit codes: 0 ok, 1 verification problem, 2 usage, 3 database unreachable, "

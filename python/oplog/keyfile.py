@@ -20,7 +20,16 @@ from typing import Any
 from oplog.errors import KeyFileError
 from oplog.wrapping import KEY_SIZE, AeadWrapper, MultiWrapper
 
-__all__ = ["KeyFileError", "add_key", "load_wrapper", "loose_permissions", "new_key_id"]
+__all__ = [
+    "KEYS_VARIABLE",
+    "KeyFileError",
+    "add_key",
+    "default_key_file",
+    "load_keys",
+    "load_wrapper",
+    "loose_permissions",
+    "new_key_id",
+]
 
 logger = logging.getLogger("oplog")
 
@@ -37,6 +46,11 @@ def _read(path: Path) -> list[dict[str, Any]]:
         raise KeyFileError(f"no key file at {path}: create one with `oplog keygen`") from None
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"{path} is not an oplog key file ({type(exc).__name__})") from None
+    return _keys(document, str(path))
+
+
+def _keys(document: Any, path: str) -> list[dict[str, Any]]:
+    """The checked key list of a key file's parsed JSON (`path` names its source)."""
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list) or not keys:
         raise KeyFileError(f'{path} holds no keys (expected {{"keys": [...]}})')
@@ -84,6 +98,10 @@ def load_wrapper(path: Path, *, strict_permissions: bool = False) -> MultiWrappe
         if strict_permissions:
             raise KeyFileError(problem)
         logger.warning("%s", problem)
+    return _wrapper(keys, str(path))
+
+
+def _wrapper(keys: list[dict[str, Any]], path: str) -> MultiWrapper:
     wrappers = []
     for item in keys:
         try:
@@ -96,6 +114,56 @@ def load_wrapper(path: Path, *, strict_permissions: bool = False) -> MultiWrappe
             )
         wrappers.append(AeadWrapper(key, item["id"]))
     return MultiWrapper(wrappers[0], *wrappers[1:])
+
+
+KEYS_VARIABLE = "OPLOG_KEYS"
+"""The environment variable that may hold the key material itself (for containers): a key
+file's JSON, or base64 of it."""
+
+
+def default_key_file() -> Path:
+    """``$OPLOG_KEY_FILE``, else ``$XDG_DATA_HOME/oplog/keys.json`` (``~/.local/share``)."""
+    chosen = os.environ.get("OPLOG_KEY_FILE")
+    if chosen:
+        return Path(chosen)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "oplog" / "keys.json"
+
+
+def load_keys(path: Path | str | None = None, *, strict_permissions: bool = False) -> MultiWrapper:
+    """The wrapper of an oplog's keys: its first key encrypts, every key decrypts.
+
+    The keys come from `path` when given; else from ``$OPLOG_KEYS`` (the key material itself,
+    for containers and secret stores: a key file's JSON, ``{"keys": [{"id": ..., "key":
+    <base64 of 32 bytes>}, ...]}``, or base64 of that JSON); else from the key file
+    ``$OPLOG_KEY_FILE``, else ``$XDG_DATA_HOME/oplog/keys.json``. A key file readable by others
+    warns on the ``oplog`` logger, or is refused with `strict_permissions`.
+
+    Raises:
+        KeyFileError: No keys where they were looked for, or malformed ones (named key by key;
+            the material itself is never shown).
+    """
+    if path is not None:
+        return load_wrapper(Path(path), strict_permissions=strict_permissions)
+    material = os.environ.get(KEYS_VARIABLE)
+    if material:
+        return _wrapper(_keys(_parse_material(material), KEYS_VARIABLE), KEYS_VARIABLE)
+    return load_wrapper(default_key_file(), strict_permissions=strict_permissions)
+
+
+def _parse_material(material: str) -> Any:
+    text = material.strip()
+    if not text.startswith("{"):
+        try:
+            text = base64.b64decode(text, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            text = ""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise KeyFileError(
+            f"{KEYS_VARIABLE} is neither a key file's JSON nor base64 of it"
+        ) from None
 
 
 def add_key(path: Path, key_id: str, *, replace: bool = False) -> None:

@@ -39,7 +39,7 @@ from oplog.entry import PAGE_SIZE, Entry, ReadPages
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
-from oplog.settings import OplogSettings
+from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer import Writer
 
 __all__ = ["Oplog"]
@@ -82,6 +82,7 @@ class Oplog(OplogSettings):
             if row is not None:
                 return _written(entry, row)
             if first:
+                logger.debug("creating ticket %r", ticket)
                 with ticket_conflicts(f"init ticket {ticket!r}"):
                     execute(conn, _sql.INIT_TICKET, (ticket,))
         raise TicketConflictError(
@@ -113,6 +114,7 @@ class Oplog(OplogSettings):
             TicketConflictError: Another writer of the aggregate committed first; roll back.
         """
         entry, params = self.prepare_write(aggregate_name, operations, metadata)
+        warn_if_outside_a_transaction(conn, "write")
         query = _sql.WRITE_ENTRY if params["keys"] else _sql.WRITE_ENTRY_ALONE
         return self._redeem_and_write(conn, entry, query, params, params["ticket"])
 
@@ -170,6 +172,7 @@ class Oplog(OplogSettings):
         batch = self.prepare_batch(items)
         if batch is None:
             return []
+        warn_if_outside_a_transaction(conn, "write_many")
         pgarray.register(conn)
         with ticket_conflicts("write a batch of entries"):
             return _send_batch(conn, batch)
@@ -426,6 +429,9 @@ class Oplog(OplogSettings):
                         position = page[-1][1]
                         consumer.save(target, position)
                     applied += len(page)
+                    logger.debug(
+                        "consumer %r applied %d entries; at %s", consumer.name, len(page), position
+                    )
                     if on_commit is not None:
                         on_commit(len(page), position)
             finally:

@@ -40,7 +40,7 @@ from oplog.entry import PAGE_SIZE, Entry, ReadPages
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay_async import AsyncReplayer
-from oplog.settings import OplogSettings
+from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer_async import AsyncWriter
 
 __all__ = ["AsyncOplog"]
@@ -83,6 +83,7 @@ class AsyncOplog(OplogSettings):
             if row is not None:
                 return _written(entry, row)
             if first:
+                logger.debug("creating ticket %r", ticket)
                 with ticket_conflicts(f"init ticket {ticket!r}"):
                     await aexecute(conn, _sql.INIT_TICKET, (ticket,))
         raise TicketConflictError(
@@ -114,6 +115,7 @@ class AsyncOplog(OplogSettings):
             TicketConflictError: Another writer of the aggregate committed first; roll back.
         """
         entry, params = self.prepare_write(aggregate_name, operations, metadata)
+        warn_if_outside_a_transaction(conn, "write")
         query = _sql.WRITE_ENTRY if params["keys"] else _sql.WRITE_ENTRY_ALONE
         return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
 
@@ -173,6 +175,7 @@ class AsyncOplog(OplogSettings):
         batch = self.prepare_batch(items)
         if batch is None:
             return []
+        warn_if_outside_a_transaction(conn, "write_many")
         pgarray.register(conn)
         with ticket_conflicts("write a batch of entries"):
             return await _send_batch(conn, batch)
@@ -431,6 +434,9 @@ class AsyncOplog(OplogSettings):
                         position = page[-1][1]
                         await consumer.save(target, position)
                     applied += len(page)
+                    logger.debug(
+                        "consumer %r applied %d entries; at %s", consumer.name, len(page), position
+                    )
                     if on_commit is not None:
                         on_commit(len(page), position)
             finally:

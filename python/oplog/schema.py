@@ -163,6 +163,7 @@ def migrate(conn: psycopg.Connection[Any], *, target: int | None = None) -> list
                 continue
             execute(conn, m.up.encode())
             execute(conn, _sql.MIGRATION_RECORD, (m.version, m.name))
+            logger.info("applied oplog migration %d (%s)", m.version, m.name)
             applied_now.append(m.version)
     return applied_now
 
@@ -187,5 +188,6 @@ def migrate_down(conn: psycopg.Connection[Any], *, target: int = 0) -> list[int]
                 continue
             execute(conn, m.down.encode())
             execute(conn, _sql.MIGRATION_FORGET, (m.version,))
+            logger.info("reverted oplog migration %d (%s)", m.version, m.name)
             reverted.append(m.version)
     return reverted

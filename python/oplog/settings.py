@@ -3,6 +3,8 @@ and the asyncio front doors, :class:`oplog.Oplog` and ``oplog.aio.AsyncOplog``).
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +21,35 @@ from oplog.queue import Version, check_classes
 from oplog.ticket import LockMode, Ticketer, check_lock_mode, ticket_name
 from oplog.wrapping import Wrapper
 
-__all__ = ["OplogSettings"]
+__all__ = ["OplogSettings", "logger", "warn_if_outside_a_transaction"]
+
+logger = logging.getLogger("oplog")
+"""oplog's logger (no handlers added): warnings on autocommit writes and loose key files,
+migrations applied (info), ticket conflicts, retries and consumer pages (debug). Never keys or
+plaintext."""
+
+# Connections already warned about (once each), without keeping them alive.
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def warn_if_outside_a_transaction(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], what: str
+) -> None:
+    """Warns (once per connection) when `conn` is in autocommit mode with no transaction
+    open: the entry `what` writes then commits on its own, apart from the data change it
+    records, and the "same transaction" guarantee is gone."""
+    if (
+        conn.autocommit
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        and conn not in _WARNED
+    ):
+        _WARNED.add(conn)
+        logger.warning(
+            "oplog %s on an autocommit connection outside a transaction: the entry commits on"
+            " its own, not in the same transaction as the data change it records (open one"
+            " with conn.transaction(), or use apply)",
+            what,
+        )
 
 
 class OplogSettings:

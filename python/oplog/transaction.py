@@ -12,6 +12,7 @@ import psycopg
 from oplog._compat import sleep
 from oplog._retry import backoff_seconds, check_retry_arguments
 from oplog.errors import TicketConflictError
+from oplog.settings import logger
 
 __all__ = ["run_in_transaction"]
 
@@ -61,4 +62,8 @@ def run_in_transaction(
                 raise
             if on_retry is not None:
                 on_retry(attempt, conflict)
-            sleep(backoff_seconds(attempt, backoff, max_backoff))
+            wait = backoff_seconds(attempt, backoff, max_backoff)
+            logger.debug(
+                "retry %d after a ticket conflict (%s), in %.3f s", attempt, conflict, wait
+            )
+            sleep(wait)

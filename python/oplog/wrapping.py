@@ -156,7 +156,8 @@ class AeadWrapper:
 
 class MultiWrapper:
     """Key rotation: encrypts with the primary wrapper, decrypts with whichever wrapper has the
-    blob's key id.
+    blob's key id. Any :class:`Wrapper` takes part (an :class:`AeadWrapper`, or one of one's
+    own, such as a KMS-backed envelope-encryption wrapper).
 
     Args:
         primary: Encrypts new blobs.
@@ -168,9 +169,9 @@ class MultiWrapper:
 
     __slots__ = ("_by_id", "_primary")
 
-    def __init__(self, primary: AeadWrapper, *older: AeadWrapper) -> None:
+    def __init__(self, primary: Wrapper, *older: Wrapper) -> None:
         self._primary = primary
-        self._by_id: dict[str, AeadWrapper] = {}
+        self._by_id: dict[str, Wrapper] = {}
         for wrapper in (primary, *older):
             if wrapper.key_id in self._by_id:
                 raise InvalidParameterError(f"two wrappers have key id {wrapper.key_id!r}")
@@ -203,7 +204,9 @@ class MultiWrapper:
         wrapper = self._by_id.get(key_id)
         if wrapper is None:
             raise DecryptError(f"unknown key id {key_id!r}: known are {self.key_ids}")
-        return wrapper._open(info)
+        if isinstance(wrapper, AeadWrapper):
+            return wrapper._open(info)  # the blob is parsed already
+        return wrapper.decrypt(blob)
 
     def __repr__(self) -> str:
         return f"MultiWrapper(key_ids={self.key_ids!r})"
