@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-rust test-python lint proto sync bench bench-smoke fuzz fuzz-tool fuzz-smoke fuzz-cmin clean
+.PHONY: setup demo test test-rust test-python lint proto sync wheel bench bench-smoke fuzz fuzz-tool fuzz-smoke fuzz-cmin clean
 
 setup:
 	@scripts/setup.sh
@@ -12,7 +12,7 @@ demo: setup
 	$(PY) -m oplog demo
 
 # Lint first so that the last lines of the run are the test summary.
-test: setup lint test-rust fuzz-smoke bench-smoke test-python
+test: setup lint test-rust fuzz-smoke bench-smoke wheel test-python
 
 test-rust:
 	cargo test --quiet
@@ -34,6 +34,17 @@ lint: setup
 
 proto: setup
 	$(PY) scripts/gen_proto.py
+
+# A wheel PyPI accepts, in dist/: abi3, linked through zig (ziglang, from PyPI) against glibc 2.28
+# so that it is manylinux_2_28, stripped, with its LICENSE; and the sdist. auditwheel checks it.
+wheel: setup
+	rm -rf dist
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin build --quiet --release --strip --zig \
+	  --compatibility manylinux_2_28 --out dist
+	$(VENV)/bin/maturin sdist --out dist
+	$(VENV)/bin/auditwheel show dist/oplog-*-abi3-manylinux_2_28_x86_64.whl | tee dist/auditwheel.txt
+	grep -q 'platform tag: "manylinux_2_28_x86_64"' dist/auditwheel.txt
+	ls -l dist
 
 # The sync modules (log.py, consumer.py, transaction.py, writer.py, replay.py) from their asyncio
 # sources (*_async.py): edit those, then run this.

@@ -23,8 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from oplog import keyfile, schema
-from oplog.demo import _DDL as DDL
 from oplog.demo import SCHEMA, TABLES
+from oplog.demo import TABLES_SQL as DDL
 from tests.pg import Server
 
 DEMO_TYPES = ["--types", "oplog.demo:CATALOG", "--search-path", "oplog_demo,public"]
@@ -325,10 +325,9 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
     try:
         cli.one_line_error("replicate", "--to", replica, *DEMO_TYPES, code=5)
         cli("migrate", "--dsn", replica)
+        # The replica's tables, as `oplog demo --print-schema | psql` makes them.
         with psycopg.connect(replica, autocommit=True) as conn:
-            conn.execute(f"create schema {SCHEMA}")
-            conn.execute(f"set search_path to {SCHEMA}")
-            conn.execute(DDL.encode())
+            conn.execute(cli("demo", "--print-schema").stdout.encode())
         cli.one_line_error("replicate", "--to", replica, code=2)  # no --types
         (first,) = cli.json("replicate", "--to", replica, "--once", *DEMO_TYPES)
         assert first["applied"] == 7

@@ -305,6 +305,9 @@ def cmd_demo(ctx: Context) -> int:
     """Runs the demo: migrate, write (with a ticket race), read, replay, verify."""
     from oplog import demo
 
+    if ctx.args.print_schema:
+        ctx.out.write(demo.schema_sql())
+        return EXIT_OK
     if not ctx.key_file.exists():
         keyfile.add_key(ctx.key_file, keyfile.new_key_id())
         sys.stderr.write(f"oplog: created key file {ctx.key_file}\n")
@@ -914,7 +917,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=fn)
         return p
 
-    add("demo", cmd_demo, "run the demo: write, race, read, replay, verify")
+    p = add("demo", cmd_demo, "run the demo: write, race, read, replay, verify")
+    p.add_argument(
+        "--print-schema",
+        action="store_true",
+        help="print the SQL of the demo's schema and tables (for a replica) and exit",
+    )
     p = add("migrate", cmd_migrate, "apply the bundled migrations")
     p.add_argument("--down", action="store_true", help="revert instead")
     p.add_argument("--target", type=int, help="stop at this version")
