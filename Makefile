@@ -55,6 +55,7 @@ bench: setup
 	mkdir -p .benchmarks
 	$(PY) -m pytest benches -p no:cacheprovider --benchmark-json=.benchmarks/latest.json $(BENCH_ARGS)
 	$(PY) benches/report.py .benchmarks/latest.json > benches/RESULTS.md
+	$(PY) benches/chart.py .benchmarks/latest.json benches/results.png
 	@cat benches/RESULTS.md
 
 # CI runs every benchmark once, untimed, so they cannot rot.
