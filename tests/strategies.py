@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.wrappers_pb2 import StringValue
 from hypothesis import strategies as st
 
 import oplog
@@ -14,6 +18,7 @@ from oplog.proto.any_operation_pb2 import (
     WithOnConflict,
 )
 from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
+from oplog.proto.replay_test_pb2 import TestDocument
 
 _u32 = st.integers(0, 2**32 - 1)
 _i32 = st.integers(-(2**31), 2**31 - 1)
@@ -79,3 +84,36 @@ def operations(draw: st.DrawFn, version: str = "v2") -> oplog.Operation:
     if op_type == oplog.OpType.UPDATE and not field_mask and not null_paths:
         field_mask = ("name",)
     return oplog.Operation(message, type_name, op_type, field_mask, null_paths, opts)
+
+
+# Documents: every mapped kind of column (text, bytes, bool, double, int64, a wrapper, a
+# timestamp), set or unset, with unicode; storable text only (no NUL, no lone surrogate).
+storable_text = st.text(
+    st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20
+)
+_stamps = st.datetimes(
+    min_value=dt.datetime(1900, 1, 1),
+    max_value=dt.datetime(2200, 1, 1),
+    timezones=st.just(dt.timezone.utc),
+)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> TestDocument:
+    """A document with any mix of set, unset (NULL) and unicode/binary fields."""
+    doc = TestDocument(
+        body=draw(st.binary(max_size=24)),
+        flag=draw(st.booleans()),
+        score=draw(st.floats(allow_nan=False, width=64)),
+    )
+    if draw(st.booleans()):
+        doc.title = draw(storable_text)
+    if draw(st.booleans()):
+        doc.count = draw(st.integers(-(2**63), 2**63 - 1))
+    if draw(st.booleans()):
+        doc.note.CopyFrom(StringValue(value=draw(storable_text)))
+    if draw(st.booleans()):
+        stamp = Timestamp()
+        stamp.FromDatetime(draw(_stamps))
+        doc.updated.CopyFrom(stamp)
+    return doc

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
-from google.protobuf.wrappers_pb2 import StringValue, UInt32Value
+from google.protobuf.wrappers_pb2 import UInt32Value
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -29,35 +27,7 @@ from oplog.proto.replay_test_pb2 import TestDocument
 from tests.db import CATALOG, TEST_TABLES, WRAPPER, reset, rows
 from tests.drivers import MakeDriver
 from tests.pg import Server
-
-_text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20)
-_stamps = st.datetimes(
-    min_value=dt.datetime(1900, 1, 1),
-    max_value=dt.datetime(2200, 1, 1),
-    timezones=st.just(dt.timezone.utc),
-)
-
-
-@st.composite
-def documents(draw: st.DrawFn) -> TestDocument:
-    """A document with any mix of set, unset (NULL) and unicode/binary fields."""
-    doc = TestDocument(
-        body=draw(st.binary(max_size=24)),
-        flag=draw(st.booleans()),
-        score=draw(st.floats(allow_nan=False, width=64)),
-    )
-    if draw(st.booleans()):
-        doc.title = draw(_text)
-    if draw(st.booleans()):
-        doc.count = draw(st.integers(-(2**63), 2**63 - 1))
-    if draw(st.booleans()):
-        doc.note.CopyFrom(StringValue(value=draw(_text)))
-    if draw(st.booleans()):
-        stamp = Timestamp()
-        stamp.FromDatetime(draw(_stamps))
-        doc.updated.CopyFrom(stamp)
-    return doc
-
+from tests.strategies import documents, storable_text
 
 FIELDS = ["title", "body", "updated", "count", "note", "flag", "score"]
 GO_SPELLINGS = {"phone_number": "PhoneNumber", "name": "Name", "email": "Email"}
@@ -109,7 +79,7 @@ class ReplayMachine(RuleBasedStateMachine):
         self._log("documents", [op])
 
     @rule(
-        name=_text,
+        name=storable_text,
         paths=st.lists(st.sampled_from(sorted(GO_SPELLINGS)), unique=True, min_size=1),
         go=st.booleans(),
     )

@@ -90,6 +90,11 @@ class TableMapping:
         self.columns_without_key = [c for c in self.columns if c not in self.primary_key]
         # Where each key column sits in `columns` (for reading a key out of a row's values).
         self.key_positions = [self.columns.index(c) for c in self.primary_key]
+        # Each column's value of a message in PostgreSQL's text form (set-based replay).
+        self.text_of = {c.name: text_converter(c) for c in self.columns}
+        self.texts = [self.text_of[c.name] for c in self.columns]
+        self.texts_without_key = [self.text_of[c.name] for c in self.columns_without_key]
+        self.key_texts = [self.text_of[c.name] for c in self.primary_key]
 
     def resolve(self, path: str) -> Column:
         """The column a field-mask path names."""
@@ -134,6 +139,58 @@ def to_db(msg: Message, column: Column) -> Any:
             f"{field.full_name} contains a NUL character, which PostgreSQL text cannot hold"
         )
     return value
+
+
+def as_text(value: object) -> str | None:
+    """A column value in PostgreSQL's text input format (None stays NULL): what set-based
+    statements send, cast on the server to the column's type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same double; inf, nan
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise InvalidParameterError(f"cannot send a {type(value).__name__} value in a set-based replay")
+
+
+_INTEGER_TYPES = {
+    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64, FieldDescriptor.TYPE_ENUM,
+}  # fmt: skip
+
+
+def text_converter(column: Column) -> Callable[[Message], str | None]:
+    """A function giving `column`'s value of a message in PostgreSQL's text input form (None
+    for NULL), the same as ``as_text(to_db(msg, column))``: built once per column, so that the
+    set-based replay's loop does not branch on the field's kind for every value."""
+    name = column.field.name
+    kind = column.field.type
+    if column.kind != "scalar" or column.presence:
+        return lambda msg: as_text(to_db(msg, column))
+    if kind == FieldDescriptor.TYPE_STRING:
+
+        def string(msg: Message) -> str:
+            value: str = getattr(msg, name)
+            if "\x00" in value:
+                return as_text(to_db(msg, column)) or ""  # raises, naming the field
+            return value
+
+        return string
+    if kind in _INTEGER_TYPES:
+        return lambda msg: str(getattr(msg, name))
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return lambda msg: "t" if getattr(msg, name) else "f"
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return lambda msg: "\\x" + getattr(msg, name).hex()
+    return lambda msg: as_text(to_db(msg, column))
 
 
 def from_db(msg: Message, column: Column, value: Any) -> None:
@@ -192,8 +249,8 @@ class Statements:
             mapping = mapping._replace(name=check_identifier(table, "table name"))
         return _mapping(type(msg), mapping)
 
-    def key_params(self, m: TableMapping, msg: Message) -> list[Any]:
-        """The primary-key values of `msg`, which must be set."""
+    def check_key(self, m: TableMapping, msg: Message) -> None:
+        """Raises InvalidParameterError unless `m` has a primary key and `msg` sets it."""
         if not m.primary_key:
             raise InvalidParameterError(
                 f"table {m.table.name!r} has no primary key in the catalog: cannot update or delete"
@@ -202,6 +259,10 @@ class Statements:
             raise InvalidParameterError(
                 f"{type(msg).__qualname__}: primary key {m.table.primary_key} is not set"
             )
+
+    def key_params(self, m: TableMapping, msg: Message) -> list[Any]:
+        """The primary-key values of `msg`, which must be set (see :meth:`check_key`)."""
+        self.check_key(m, msg)
         return [to_db(msg, c) for c in m.primary_key]
 
     @staticmethod

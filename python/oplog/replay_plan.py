@@ -5,7 +5,6 @@ and ``AsyncReplayer``, run the plan).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -15,29 +14,11 @@ from psycopg import sql
 
 from oplog import pgarray
 from oplog.catalog import check_identifier
-from oplog.errors import InvalidParameterError, SchemaError
-from oplog.mapping import Column, Statements, TableMapping, is_unset, replayed_mask, to_db
+from oplog.errors import SchemaError
+from oplog.mapping import Column, Statements, TableMapping, is_unset, replayed_mask
 from oplog.operation import Operation, OpType
 
-__all__ = ["Plan", "ReplayCache", "Run", "as_text"]
-
-
-def as_text(value: object) -> str | None:
-    """A column value in PostgreSQL's text input format (None stays NULL): what set-based
-    statements send, cast on the server to the column's type."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that reads back as the same double; inf, nan
-    if isinstance(value, bytes):
-        return "\\x" + value.hex()
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise InvalidParameterError(f"cannot send a {type(value).__name__} value in a set-based replay")
+__all__ = ["Plan", "ReplayCache", "Run"]
 
 
 _ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
@@ -120,19 +101,23 @@ class Plan:
             generated = all(is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
             columns = m.columns_without_key if generated else m.columns
             shape: tuple[Any, ...] = (generated,)
-            values = [to_db(msg, c) for c in columns]
+            # Each value in PostgreSQL's text form, by the column's converter (built once).
+            texts = m.texts_without_key if generated else m.texts
+            values = [text(msg) for text in texts]
             if generated or not m.primary_key:
                 key = None
             else:
                 key = tuple(values[i] for i in m.key_positions)
         elif kind == "update":
             sets, nulls = w.update_columns(m, replayed_mask(m, op), op.null_paths)
-            key = tuple(w.key_params(m, msg))
+            w.check_key(m, msg)
+            key = tuple(text(msg) for text in m.key_texts)
             columns = [*m.primary_key, *sets]
             shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
-            values = [*key, *(to_db(msg, c) for c in sets)]
+            values = [*key, *(m.text_of[c.name](msg) for c in sets)]
         else:
-            key = tuple(w.key_params(m, msg))
+            w.check_key(m, msg)
+            key = tuple(text(msg) for text in m.key_texts)
             columns = list(m.primary_key)
             shape = ()
             values = list(key)
@@ -166,16 +151,13 @@ class Plan:
         single = len(run.rows) == 1
         params: list[Any]
         if single:
-            params = [as_text(value) for value in run.rows[0]]
+            params = list(run.rows[0])
             if run.kind == "update":
                 # The statement's text sets the columns before it matches the key.
                 keys = len(run.mapping.primary_key)
                 params = params[keys:] + params[:keys]
         else:
-            params = [
-                pgarray.TextArray.of([as_text(row[i]) for row in run.rows])
-                for i in range(len(names))
-            ]
+            params = [pgarray.TextArray.of([row[i] for row in run.rows]) for i in range(len(names))]
         # Composing costs more than sending: each shape is composed once per replayer.
         key = (run.kind, run.target, run.shape, single, *names)
         query = self.cache.composed.get(key)
