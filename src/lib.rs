@@ -9,6 +9,7 @@
 //! Decoding never panics and never allocates from a length it has not checked against the input;
 //! every malformed input is a [`CodecError`] carrying the byte offset of the problem.
 
+pub mod chain;
 pub mod envelope;
 pub mod error;
 pub mod pgarray;

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString, PyTuple, PyType};
 
+use crate::chain::{TagInput, TagKey};
 use crate::envelope::{Envelope, Format};
 use crate::error::CodecError;
 use crate::{pgarray, queue};
@@ -848,6 +849,114 @@ fn pack_int8_array<'py>(py: Python<'py>, items: Vec<i64>) -> PyResult<Bound<'py,
     Ok(PyBytes::new(py, &pgarray::pack_int8(&items)?))
 }
 
+// --- entry tags -------------------------------------------------------------------------------
+
+fn bytes_at<'py>(
+    list: &Bound<'py, PyList>,
+    index: usize,
+    what: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    list.get_item(index)?
+        .cast_into::<PyBytes>()
+        .map_err(|_| invalid(index, format!("{what} must be bytes")))
+}
+
+fn utf8_at(list: &Bound<'_, PyList>, index: usize, what: &str) -> PyResult<Arc<str>> {
+    let item = list.get_item(index)?;
+    let s = item
+        .cast::<PyString>()
+        .map_err(|_| invalid(index, format!("{what} must be str")))?;
+    utf8_of(s)
+}
+
+fn check_lengths(lists: &[&Bound<'_, PyList>]) -> PyResult<usize> {
+    let size = lists[0].len();
+    if lists.iter().any(|list| list.len() != size) {
+        return Err(InvalidParameterError::new_err("the lists differ in length"));
+    }
+    Ok(size)
+}
+
+/// Chains new entries onto their aggregates' heads: for each entry in order, its sequence
+/// (the head's plus one) and tag (over the head's tag); `heads` (aggregate name -> (sequence,
+/// tag)) must hold every aggregate and is advanced in place. Returns (sequences, tags).
+#[pyfunction]
+fn chain_tags<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    key_id: &str,
+    aggregates: &Bound<'py, PyList>,
+    datas: &Bound<'py, PyList>,
+    metadata_digests: &Bound<'py, PyList>,
+    heads: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let size = check_lengths(&[aggregates, datas, metadata_digests])?;
+    let tag_key = TagKey::new(key);
+    let seqs = PyList::empty(py);
+    let tags = PyList::empty(py);
+    for index in 0..size {
+        let name = aggregates.get_item(index)?;
+        let aggregate = utf8_at(aggregates, index, "an aggregate name")?;
+        let head = heads.get_item(&name)?.ok_or_else(|| {
+            InvalidParameterError::new_err(format!("no chain head for aggregate {aggregate:?}"))
+        })?;
+        let (seq, prev): (u64, Bound<'py, PyBytes>) = head.extract()?;
+        let data = bytes_at(datas, index, "data")?;
+        let digest = bytes_at(metadata_digests, index, "a metadata digest")?;
+        let next = seq + 1;
+        let tag = tag_key.tag(&TagInput {
+            aggregate: aggregate.as_bytes(),
+            key_id: key_id.as_bytes(),
+            data: data.as_bytes(),
+            metadata_digest: digest.as_bytes(),
+            seq: next,
+            prev: prev.as_bytes(),
+        });
+        let tag = PyBytes::new(py, &tag);
+        heads.set_item(&name, (next, &tag))?;
+        seqs.append(next)?;
+        tags.append(tag)?;
+    }
+    Ok((seqs, tags))
+}
+
+/// The tags of stored entries, each from its own sequence and previous tag (for verifying).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn entry_tags<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    key_id: &str,
+    aggregates: &Bound<'py, PyList>,
+    datas: &Bound<'py, PyList>,
+    metadata_digests: &Bound<'py, PyList>,
+    seqs: Vec<u64>,
+    prevs: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
+    let size = check_lengths(&[aggregates, datas, metadata_digests, prevs])?;
+    if seqs.len() != size {
+        return Err(InvalidParameterError::new_err("the lists differ in length"));
+    }
+    let tag_key = TagKey::new(key);
+    let tags = PyList::empty(py);
+    for (index, seq) in seqs.into_iter().enumerate() {
+        let aggregate = utf8_at(aggregates, index, "an aggregate name")?;
+        let data = bytes_at(datas, index, "data")?;
+        let digest = bytes_at(metadata_digests, index, "a metadata digest")?;
+        let prev = bytes_at(prevs, index, "a previous tag")?;
+        let tag = tag_key.tag(&TagInput {
+            aggregate: aggregate.as_bytes(),
+            key_id: key_id.as_bytes(),
+            data: data.as_bytes(),
+            metadata_digest: digest.as_bytes(),
+            seq,
+            prev: prev.as_bytes(),
+        });
+        tags.append(PyBytes::new(py, &tag))?;
+    }
+    Ok(tags)
+}
+
 /// The byte-level core of oplog.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -857,5 +966,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_queue, m)?)?;
     m.add_function(wrap_pyfunction!(pack_array, m)?)?;
     m.add_function(wrap_pyfunction!(pack_int8_array, m)?)?;
+    m.add_function(wrap_pyfunction!(chain_tags, m)?)?;
+    m.add_function(wrap_pyfunction!(entry_tags, m)?)?;
     Ok(())
 }

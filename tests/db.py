@@ -63,7 +63,7 @@ def reset(conn: psycopg.Connection[Any]) -> None:
         for (name,) in extra:
             conn.execute(f"drop table {name}")  # names come from pg_tables, quoted by the server
         conn.execute(
-            "truncate oplog_entry, oplog_metadata, oplog_ticket, oplog_consumer,"
+            "truncate oplog_entry, oplog_metadata, oplog_ticket, oplog_consumer, oplog_chain_head,"
             " users, cars, rentals, documents restart identity cascade"
         )
 
@@ -130,7 +130,38 @@ def user_create(name: str) -> oplog.Operation:
     return oplog.Operation(TestUser(name=name), "user", oplog.OpType.CREATE)
 
 
-def commit_entry(conn: psycopg.Connection[Any], aggregate: str, name: str, **metadata: str) -> None:
+def commit_entry(
+    conn: psycopg.Connection[Any],
+    aggregate: str,
+    name: str,
+    *,
+    log: oplog.Oplog | None = None,
+    **metadata: str,
+) -> None:
     """Writes and commits an entry of `aggregate` with one user CREATE named `name`."""
-    oplog.Oplog(WRAPPER, CATALOG).write(conn, aggregate, [user_create(name)], metadata or None)
+    (log or oplog.Oplog(WRAPPER, CATALOG)).write(
+        conn, aggregate, [user_create(name)], metadata or None
+    )
     conn.commit()
+
+
+class PlainWrapper:
+    """A wrapper that encrypts and decrypts with another but derives no keys: its entries are
+    written without tags (as before migration 5, or by the Go original)."""
+
+    def __init__(self, inner: oplog.AeadWrapper) -> None:
+        self.inner = inner
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return self.inner.encrypt(plaintext)
+
+    def decrypt(self, blob: bytes) -> bytes:
+        return self.inner.decrypt(blob)
+
+
+UNCHAINED = oplog.Oplog(PlainWrapper(WRAPPER), CATALOG)
+"""A log that writes entries without tags, with the test key."""

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import oplog
-from tests.db import CATALOG, WRAPPER, commit_entry, settle, user_create
+from tests.db import CATALOG, UNCHAINED, WRAPPER, commit_entry, settle, user_create
 from tests.drivers import Connect, Driver, MakeDriver
 from tests.pg import Server
 
@@ -252,18 +252,18 @@ def test_entries_written_before_migration_2_are_delivered(pg: Server) -> None:
     try:
         with psycopg.connect(pg.dsn_for("t_tail_migration")) as conn:
             assert oplog.migrate(conn, target=1) == [1]
-            commit_entry(conn, "old", "before")
+            commit_entry(conn, "old", "before", log=UNCHAINED)  # tags need migration 5
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as early:
                 with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
                     list(LOG.tail(early, follow=False))
                 with pytest.raises(oplog.InvalidParameterError, match="migration 2"):
                     oplog.Consumer("c").position(early)
-            assert oplog.migrate(conn) == [2, 3, 4]
+            assert oplog.migrate(conn) == [2, 3, 4, 5]
             commit_entry(conn, "new", "after")
             with psycopg.connect(pg.dsn_for("t_tail_migration"), autocommit=True) as tail:
                 assert _names(list(LOG.tail(tail, follow=False))) == ["before", "after"]
-            assert oplog.migrate_down(conn, target=1) == [4, 3, 2]
-            commit_entry(conn, "old", "down again")
+            assert oplog.migrate_down(conn, target=1) == [5, 4, 3, 2]
+            commit_entry(conn, "old", "down again", log=UNCHAINED)
             assert len(list(LOG.read(conn))) == 3
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:

@@ -116,10 +116,12 @@ def test_demo_twice_on_the_embedded_server(tmp_path: Path) -> None:
         first = cli("demo", "--data-dir", data_dir).stdout
         assert "B lost" in first
         assert "3 of 3 tables equal the live ones" in first
+        assert "verified 7 entries: 6 chained in 3 aggregates, 1 unchained" in first
         second = cli("demo", "--data-dir", data_dir, "--json").stdout
         summary = json.loads(second)
         assert summary["entries_in_log"] == 14
         assert summary["tables_differing"] == []
+        assert summary["verified_ok"] is True
         (status,) = cli.json("server", "status", "--data-dir", data_dir)
         assert status["running"] is True
         entries = cli.json("ls", "--data-dir", data_dir)
@@ -152,8 +154,8 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     cli, dsn = cli_db
     cli("keygen")
     (migrated,) = cli.json("migrate")
-    assert migrated == {"applied": [1, 2, 3, 4], "current": [1, 2, 3, 4]}
-    assert cli.json("migrate") == [{"applied": [], "current": [1, 2, 3, 4]}]
+    assert migrated == {"applied": [1, 2, 3, 4, 5], "current": [1, 2, 3, 4, 5]}
+    assert cli.json("migrate") == [{"applied": [], "current": [1, 2, 3, 4, 5]}]
     cli("demo")
     entries = cli.json("ls")
     assert [e["id"] for e in entries] == list(range(1, 8))
@@ -173,7 +175,9 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     assert op["message"]["name"] == "Alice Smith"
     (envelope_only,) = cli.json("show", "4")
     assert envelope_only["operations"][0]["value_bytes"] > 0
-    assert cli.json("verify") == [{"entries": 7, "problems": 0, "ok": True}]
+    assert cli.json("verify") == [
+        {"entries": 7, "chained": 6, "unchained": 1, "aggregates": 3, "problems": 0, "ok": True}
+    ]
     assert cli.json("verify", "--replay", *DEMO_TYPES)[-1]["ok"] is True
     (replayed,) = cli.json("replay", "--suffix", "_copy", *DEMO_TYPES)
     assert replayed == {"replayed": 7, "suffix": "_copy"}
@@ -187,7 +191,7 @@ def test_every_command_against_a_dsn(cli_db: tuple[Cli, str]) -> None:
     tickets = {s["name"]: s["version"] for s in stats if s["kind"] == "ticket"}
     assert sum(v - 1 for v in tickets.values()) == 7
     (down,) = cli.json("migrate", "--down")
-    assert down["reverted"] == [4, 3, 2, 1]
+    assert down["reverted"] == [5, 4, 3, 2, 1]
     cli.one_line_error("ls", code=5)
 
 
@@ -207,8 +211,9 @@ def test_verify_names_a_tampered_entry(cli_db: tuple[Cli, str]) -> None:
         )
         conn.execute("alter table oplog_entry enable trigger oplog_entry_immutable")
     result = cli("verify", code=1)
-    assert "entry 3:" in result.stderr
-    assert "1 problem" in result.stdout
+    assert "undecryptable: entry 3 does not decrypt" in result.stderr
+    assert "tag: entry 3 (sequence 1 of 'demo.rentals') does not match its tag" in result.stderr
+    assert "2 problem(s)" in result.stdout
     cli.one_line_error("show", "3", code=4)
 
 
@@ -586,15 +591,29 @@ def test_verify_replay_of_a_duplicated_entry_is_a_named_problem(pg: Server, tmp_
     try:
         cli("keygen")
         cli("demo")
+        wrapper = keyfile.load_wrapper(tmp_path / "keys.json")
         with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("select data from oplog_entry where id = 1").fetchone()
+            assert row is not None
+            # The same operations in a blob of its own: no copy, and without a tag.
+            again = wrapper.encrypt(wrapper.decrypt(row[0]))
             conn.execute(
                 "insert into oplog_entry (version, aggregate_name, data, key_id)"
-                " select version, aggregate_name, data, key_id from oplog_entry where id = 1"
+                " select version, aggregate_name, %s, key_id from oplog_entry where id = 1",
+                (again,),
             )
         result = cli("verify", "--replay", *DEMO_TYPES, code=1)
         assert "entry 8" in result.stderr
         assert "does not replay" in result.stderr
         assert "1 problem" in result.stdout
+        # The stored blob copied instead: verify names the copy before any replay.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "insert into oplog_entry (version, aggregate_name, data, key_id)"
+                " select version, aggregate_name, data, key_id from oplog_entry where id = 1"
+            )
+        copied = cli("verify", "--replay", *DEMO_TYPES, code=1)
+        assert "copy: entry 9 stores entry 1's blob" in copied.stderr
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_cli_dup with (force)")

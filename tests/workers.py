@@ -306,3 +306,37 @@ def replicate_partition(source: str, target: str, part: int, parts: int) -> None
     log = oplog.Oplog(WRAPPER, CATALOG)
     with psycopg.connect(source, autocommit=True) as a, psycopg.connect(target) as b:
         log.replicate(a, b, "parts", poll_interval=0.02, partition=(part, parts))
+
+
+def chained_mix(dsn: str, worker: int, units: int, aggregates: list[str]) -> int:
+    """Writes `units` units over `aggregates`, each one of: a write_many of 1-20 entries in a
+    transaction, an apply of a new user (autocommit), a write after a data change in a
+    transaction; returns the entries written. Every entry is tagged and chained."""
+    rng = random.Random(worker)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    written = 0
+    with psycopg.connect(dsn) as conn:
+        for unit in range(units):
+            kind = unit % 3
+            user_id = 1_000_000 * (worker + 1) + unit
+            user = TestUser(id=user_id, name=f"w{worker}-{unit}")
+            create = oplog.Operation(user, "user", oplog.OpType.CREATE)
+            if kind == 0:
+                items: list[Any] = [
+                    (rng.choice(aggregates), [create], {"unit": str(unit)} if i % 2 else None)
+                    for i in range(rng.randint(1, 20))
+                ]
+                with conn.transaction():
+                    log.write_many(conn, items)
+                written += len(items)
+            elif kind == 1:
+                conn.autocommit = True
+                log.apply(conn, rng.choice(aggregates), [create])
+                conn.autocommit = False
+                written += 1
+            else:
+                with conn.transaction():
+                    conn.execute("insert into cars (model) values (%s)", (user.name,))
+                    log.write(conn, rng.choice(aggregates), [create], {"w": str(worker)})
+                written += 1
+    return written

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from oplog.batch import BatchItem
 from oplog.catalog import Table, TypeCatalog
+from oplog.chain import VerifyProblem, VerifyReport
 from oplog.checkpoint import Checkpoint, Lag, partition_of
 from oplog.consumer import Consumer
 from oplog.entry import Entry
@@ -32,7 +33,7 @@ from oplog.replay import Replayer
 from oplog.schema import migrate, migrate_down
 from oplog.ticket import Ticket, Ticketer
 from oplog.transaction import run_in_transaction
-from oplog.wrapping import AeadWrapper, MultiWrapper, Wrapper
+from oplog.wrapping import AeadWrapper, KeyDeriving, MultiWrapper, Wrapper
 from oplog.writer import Writer
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "EmbeddedServerError",
     "Entry",
     "InvalidParameterError",
+    "KeyDeriving",
     "KeyFileError",
     "Lag",
     "MultiWrapper",
@@ -64,6 +66,8 @@ __all__ = [
     "Ticketer",
     "TypeCatalog",
     "UnknownTypeError",
+    "VerifyProblem",
+    "VerifyReport",
     "Wrapper",
     "Writer",
     "load_keys",

@@ -9,9 +9,11 @@ from oplog.operation import Operation
 
 __all__ = [
     "QueueWriter",
+    "chain_tags",
     "decode_operations",
     "decode_queue",
     "encode_operations",
+    "entry_tags",
     "pack_array",
     "pack_int8_array",
 ]
@@ -120,3 +122,38 @@ def pack_array(items: Iterable[str | bytes | None], bytea: bool) -> bytes:
 
 def pack_int8_array(items: list[int]) -> bytes:
     """A PostgreSQL binary ``int8[]`` of ``items``."""
+
+def chain_tags(
+    key: bytes,
+    key_id: str,
+    aggregates: list[str],
+    datas: list[bytes],
+    metadata_digests: list[bytes],
+    heads: dict[str, tuple[int, bytes]],
+) -> tuple[list[int], list[bytes]]:
+    """Chains new entries onto their aggregates' heads (see ``oplog.chain``): for each entry in
+    order, its sequence (its head's plus one) and its tag (over its head's tag).
+
+    ``heads`` (aggregate name -> (sequence, tag)) must hold every aggregate; it is advanced in
+    place.
+
+    Raises:
+        oplog.InvalidParameterError: The lists differ in length, an element has the wrong
+            type, or an aggregate has no head.
+    """
+
+def entry_tags(
+    key: bytes,
+    key_id: str,
+    aggregates: list[str],
+    datas: list[bytes],
+    metadata_digests: list[bytes],
+    seqs: list[int],
+    prevs: list[bytes],
+) -> list[bytes]:
+    """The tag of each stored entry, from its own sequence and previous tag (for verifying).
+
+    Raises:
+        oplog.InvalidParameterError: The lists differ in length, or an element has the wrong
+            type.
+    """

@@ -30,6 +30,7 @@ _CONFLICTS = (
 _MIGRATIONS = {
     1: "the oplog tables with their key_id column",
     2: "entry transaction ids, consumer positions",
+    5: "entry tags and chain heads",
 }
 
 

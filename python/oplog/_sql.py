@@ -35,38 +35,72 @@ REDEEM_TICKET_VERSION = f"update oplog_ticket set {ADVANCE_TICKET} where id = %s
 # (Entry.write_entry_with) the redeem succeeds only from that version; without one (Oplog.write)
 # it takes the current one, waiting for a concurrent writer at READ COMMITTED and failing with
 # a serialization error above it. No row back means a stale version, or a ticket that does not
-# exist yet.
-WRITE_ENTRY = f"""
+# exist yet. Chained (oplog.chain), the entry carries its sequence and tag and advances its
+# aggregate's head, which LOCK_HEADS locked earlier in the transaction.
+_WRITE_ENTRY = """
 with ticket as (
-  update oplog_ticket set {ADVANCE_TICKET}
-  where name = %(ticket)b::text
-    and (%(ticket_version)b::bigint is null or version = %(ticket_version)b::bigint)
+  update oplog_ticket set {advance}
+  where name = %(ticket)b::text{version_check}
   returning id
 ), entry as (
-  insert into oplog_entry (version, aggregate_name, data, key_id)
-  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
+  insert into oplog_entry (version, aggregate_name, data, key_id{chain_columns})
+  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text{chain_values}
+  from ticket
   returning id, create_time
-), metadata as (
+){metadata}{head}
+select id, create_time from entry
+"""
+_TICKET_VERSION = (
+    "\n    and (%(ticket_version)b::bigint is null or version = %(ticket_version)b::bigint)"
+)
+_ENTRY_METADATA = """, metadata as (
   insert into oplog_metadata (entry_id, key, value)
   select entry.id, m.key, m.value
   from entry, unnest(%(keys)b::text[], %(values)b::text[]) as m (key, value)
-)
-select id, create_time from entry
-"""
+)"""
+_ENTRY_HEAD = """, head as (
+  update oplog_chain_head
+  set seq = %(chain_seq)b::bigint, tag = %(chain_tag)b::bytea, update_time = current_timestamp
+  where aggregate_name = %(aggregate_name)b::text and seq = %(chain_seq)b::bigint - 1
+    and exists (select from entry)
+)"""
 
-# WRITE_ENTRY for an entry without metadata and without a ticket version: fewer parameters to
-# adapt and send.
-WRITE_ENTRY_ALONE = f"""
-with ticket as (
-  update oplog_ticket set {ADVANCE_TICKET}
-  where name = %(ticket)b::text
-  returning id
-), entry as (
-  insert into oplog_entry (version, aggregate_name, data, key_id)
-  select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text from ticket
-  returning id, create_time
-)
-select id, create_time from entry
+
+def _write_entry(*, ticket_version: bool, metadata: bool, chained: bool) -> str:
+    return _WRITE_ENTRY.format(
+        advance=ADVANCE_TICKET,
+        version_check=_TICKET_VERSION if ticket_version else "",
+        chain_columns=", chain_seq, chain_tag" if chained else "",
+        chain_values=", %(chain_seq)b::bigint, %(chain_tag)b::bytea" if chained else "",
+        metadata=_ENTRY_METADATA if metadata else "",
+        head=_ENTRY_HEAD if chained else "",
+    )
+
+
+WRITE_ENTRY = _write_entry(ticket_version=True, metadata=True, chained=False)
+"""Entry.write_entry_with (the lower-level API: unchained)."""
+WRITE_ENTRY_ALONE = _write_entry(ticket_version=False, metadata=False, chained=False)
+"""Oplog.write of an entry without metadata, unchained: fewer parameters to adapt and send."""
+WRITE_ENTRY_METADATA = _write_entry(ticket_version=False, metadata=True, chained=False)
+WRITE_CHAINED = _write_entry(ticket_version=False, metadata=True, chained=True)
+WRITE_CHAINED_ALONE = _write_entry(ticket_version=False, metadata=False, chained=True)
+
+# Locks the heads of a write's aggregates (creating the missing ones), in name order so that
+# two writers cannot deadlock on them, and returns each one's (name, sequence, tag). The lock
+# holds until the transaction ends: the next writer of an aggregate chains onto this one's
+# entries once they are committed.
+LOCK_HEADS = """
+insert into oplog_chain_head (aggregate_name)
+select a from unnest(%s::text[]) as a order by a
+on conflict (aggregate_name) do update set seq = oplog_chain_head.seq
+returning aggregate_name, seq, tag
+"""
+HEADS = "select aggregate_name, seq, tag from oplog_chain_head"
+
+# Every entry for verification, each aggregate's chain in sequence order (the unchained last).
+VERIFY_ENTRIES = """
+select id, aggregate_name, key_id, data, chain_seq, chain_tag from oplog_entry
+order by aggregate_name, chain_seq nulls last, id
 """
 
 # Oplog.apply: after the data CTEs (each changes nothing unless `ticket` returned a row), the
@@ -79,6 +113,14 @@ APPLY_ENTRY = b""", entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id)
   select %b::text, %b::text, %b, %b::text from ticket
   returning id, create_time
+)"""
+APPLY_CHAINED_ENTRY = b""", entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id, chain_seq, chain_tag)
+  select %b::text, %b::text, %b, %b::text, %b::bigint, %b::bytea from ticket
+  returning id, create_time
+), head as (
+  update oplog_chain_head set seq = %b::bigint, tag = %b::bytea, update_time = current_timestamp
+  where aggregate_name = %b::text and seq = %b::bigint - 1 and exists (select from entry)
 )"""
 APPLY_METADATA = b""", metadata as (
   insert into oplog_metadata (entry_id, key, value)
@@ -105,10 +147,10 @@ with redeemed as (
   returning id
 ), """
 _BATCH_ENTRIES = """entry as (
-  insert into oplog_entry (version, aggregate_name, data, key_id)
-  select %(version)b::text, u.aggregate_name, u.data, %(key_id)b::text
-  from unnest(%(aggregates)b::text[], %(datas)b::bytea[])
-    with ordinality as u (aggregate_name, data, ord)
+  insert into oplog_entry (version, aggregate_name, data, key_id{chain_columns})
+  select %(version)b::text, u.aggregate_name, u.data, %(key_id)b::text{chain_values}
+  from unnest(%(aggregates)b::text[], %(datas)b::bytea[]{chain_arrays})
+    with ordinality as u (aggregate_name, data{chain_names}, ord)
   where {gate}
   order by u.ord
   returning id
@@ -119,28 +161,52 @@ _BATCH_ENTRIES = """entry as (
   select n.id, m.key, m.value
   from unnest(%(meta_ord)b::bigint[], %(keys)b::text[], %(values)b::text[]) as m (ord, key, value)
   join numbered n on n.ord = m.ord
-)
+){head}
 select id from numbered order by ord
 """
-WRITE_MANY = _BATCH_TICKETS + _BATCH_ENTRIES.format(
-    gate="(select count(*) from redeemed) = %(ticket_count)b::bigint"
-)
+# Chained, each chunk advances the heads of its aggregates to their last entry in it.
+_BATCH_HEADS = """, head as (
+  update oplog_chain_head h
+  set seq = u.seq, tag = u.tag, update_time = current_timestamp
+  from unnest(%(head_names)b::text[], %(head_seqs)b::bigint[], %(head_tags)b::bytea[])
+    as u (name, seq, tag)
+  where h.aggregate_name = u.name and h.seq < u.seq and exists (select from entry)
+)"""
+
+
+def _batch_entries(gate: str, *, chained: bool) -> str:
+    return _BATCH_ENTRIES.format(
+        gate=gate,
+        chain_columns=", chain_seq, chain_tag" if chained else "",
+        chain_values=", u.chain_seq, u.chain_tag" if chained else "",
+        chain_arrays=", %(seqs)b::bigint[], %(tags)b::bytea[]" if chained else "",
+        chain_names=", chain_seq, chain_tag" if chained else "",
+        head=_BATCH_HEADS if chained else "",
+    )
+
+
+_REDEEMED_ALL = "(select count(*) from redeemed) = %(ticket_count)b::bigint"
 
 # A large batch goes in chunks through one pipeline (one round trip still), so that the
 # client encrypts a chunk while the server inserts the one before. The first chunk redeems
 # every ticket of the batch and, only then, sets a transaction-local token that the other
 # chunks require: they insert nothing unless this batch's redeem succeeded in this transaction.
-WRITE_MANY_FIRST = (
-    _BATCH_TICKETS
-    + """armed as (
+_ARMED = """armed as (
   select set_config('oplog.batch', %(token)b::text, true)
   where (select count(*) from redeemed) = %(ticket_count)b::bigint
 ), """
-    + _BATCH_ENTRIES.format(gate="exists (select from armed)")
+_TOKEN_GATE = "current_setting('oplog.batch', true) = %(token)b::text"
+
+WRITE_MANY = _BATCH_TICKETS + _batch_entries(_REDEEMED_ALL, chained=False)
+WRITE_MANY_FIRST = (
+    _BATCH_TICKETS + _ARMED + _batch_entries("exists (select from armed)", chained=False)
 )
-WRITE_MANY_NEXT = "with " + _BATCH_ENTRIES.format(
-    gate="current_setting('oplog.batch', true) = %(token)b::text"
+WRITE_MANY_NEXT = "with " + _batch_entries(_TOKEN_GATE, chained=False)
+CHAINED_MANY = _BATCH_TICKETS + _batch_entries(_REDEEMED_ALL, chained=True)
+CHAINED_MANY_FIRST = (
+    _BATCH_TICKETS + _ARMED + _batch_entries("exists (select from armed)", chained=True)
 )
+CHAINED_MANY_NEXT = "with " + _batch_entries(_TOKEN_GATE, chained=True)
 
 # --- reading ------------------------------------------------------------------------------------
 

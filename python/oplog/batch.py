@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 import psycopg
 
 from oplog import _core, _sql, pgarray
+from oplog.chain import EMPTY_METADATA, metadata_digest
 from oplog.entry import metadata_rows, normalize_metadata
 from oplog.errors import InvalidParameterError, OplogError, UnknownTypeError
 from oplog.operation import Operation
@@ -72,10 +73,21 @@ class EntryBatch:
         self.tickets = sorted(tickets)
         self.chunked = self.size >= _CHUNKED_FROM
         self.token = secrets.token_hex(8) if self.chunked else ""
+        # Chained (oplog.chain): the heads of the batch's aggregates, locked and read by the
+        # caller before the statements are asked for; each chunk's tags advance them.
+        self.tag_key = log.tag_key()
+        self.heads: dict[str, tuple[int, bytes]] = {}
         self._prepared: list[tuple[str, dict[str, Any]]] = []
+        self._chained: list[tuple[str, dict[str, Any]]] = []
+        self._blobs: list[list[bytes]] = []
         if not self.chunked and self.size:
             # Every item encodes before anything is sent.
             self._prepared.append((_sql.WRITE_MANY, self._params(0, self.size)))
+
+    @property
+    def head_names(self) -> list[str]:
+        """The batch's aggregates, in name order: the heads to lock before sending."""
+        return sorted(set(self.aggregates))
 
     def bounds(self) -> Iterator[tuple[int, int]]:
         """The chunks' [start, end) item ranges."""
@@ -97,7 +109,46 @@ class EntryBatch:
             if index == len(self._prepared):
                 query = _sql.WRITE_MANY_FIRST if index == 0 else _sql.WRITE_MANY_NEXT
                 self._prepared.append((query, self._params(start, end)))
-            yield self._prepared[index]
+            if self.tag_key is None:
+                yield self._prepared[index]
+                continue
+            if index == len(self._chained):
+                self._chained.append(self._chain(index, start, end))
+            yield self._chained[index]
+
+    def _chain(self, index: int, start: int, end: int) -> tuple[str, dict[str, Any]]:
+        """A chunk's statement chained onto the heads (which it advances)."""
+        assert self.tag_key is not None
+        query, params = self._prepared[index]
+        if not self.chunked:
+            query = _sql.CHAINED_MANY
+        else:
+            query = _sql.CHAINED_MANY_FIRST if index == 0 else _sql.CHAINED_MANY_NEXT
+        aggregates = self.aggregates[start:end]
+        digests: list[bytes] = []
+        memo: dict[int, bytes] = {}
+        for rows in self.metadata[start:end]:
+            if not rows[0]:
+                digests.append(EMPTY_METADATA)
+                continue
+            digest = memo.get(id(rows))
+            if digest is None:
+                digest = memo[id(rows)] = metadata_digest(*rows)
+            digests.append(digest)
+        seqs, tags = _core.chain_tags(
+            self.tag_key, params["key_id"], aggregates, self._blobs[index], digests,
+            self.heads,
+        )  # fmt: skip
+        names = sorted(set(aggregates))
+        params = {
+            **params,
+            "seqs": pgarray.Int8Array.of(seqs),
+            "tags": pgarray.ByteaArray.of(tags),
+            "head_names": pgarray.TextArray.of(names),
+            "head_seqs": pgarray.Int8Array.of([self.heads[n][0] for n in names]),
+            "head_tags": pgarray.ByteaArray.of([self.heads[n][1] for n in names]),
+        }
+        return query, params
 
     def _params(self, start: int, end: int) -> dict[str, Any]:
         encrypt = self.log.wrapper.encrypt
@@ -107,6 +158,7 @@ class EntryBatch:
         if version == "v1":
             chunk = [for_go_readers(ops) for ops in chunk]
         blobs = [encrypt(encode(ops, version)) for ops in chunk]
+        self._blobs.append(blobs)  # for the chunk's tags
         meta_ord: list[int] = []
         meta_keys: list[str] = []
         meta_values: list[str | None] = []

@@ -41,6 +41,7 @@ from google.protobuf.json_format import MessageToDict
 import oplog
 from oplog import _core, embedded, inspection, keyfile, schema
 from oplog.catalog import check_identifier
+from oplog.chain import SavedHeads
 from oplog.checkpoint import check_partition, partition_consumer
 from oplog.consumer import lag_behind
 from oplog.entry import Entry
@@ -334,7 +335,7 @@ def cmd_demo(ctx: Context) -> int:
             f"tables equal: {', '.join(summary.tables_equal) or 'none'}\n"
             f"timings: {timings}; total {total:.2f} s\n"
         )
-    return EXIT_OK if not summary.tables_differing else EXIT_VERIFY
+    return EXIT_OK if not summary.tables_differing and summary.verified_ok else EXIT_VERIFY
 
 
 def _connect_dsn(dsn: str) -> psycopg.Connection[Any]:
@@ -447,45 +448,66 @@ def cmd_show(ctx: Context) -> int:
 
 
 def cmd_verify(ctx: Context) -> int:
-    """Decrypts and decodes every entry; with --replay also replays into fresh tables (in a
-    transaction that is rolled back) and compares them with the live tables."""
+    """Checks every entry (decrypts, decodes, walks every aggregate's chain: see oplog.chain);
+    with --replay also replays into fresh tables (in a transaction that is rolled back) and
+    compares them with the live tables; --save-heads / --heads keep and check the heads
+    outside the database."""
     catalog = ctx.catalog()
     if ctx.args.replay and catalog is None:
         _fail(EXIT_USAGE, "verify --replay needs --types to know the tables")
+    log = oplog.Oplog(ctx.wrapper(), catalog or oplog.TypeCatalog())
     problems: list[dict[str, Any]] = []
-    checked = 0
     with ctx.connect() as conn:
         ctx.migrated(conn)
-        total = inspection.count_entries(conn)
-        progress = Progress("verify", total)
-        for entry, id_, error in _entries(ctx, conn):
-            checked += 1
-            progress.step()
-            if entry is not None:
-                try:
-                    _describe_ops(entry, catalog)
-                except (oplog.DecodeError, oplog.UnknownTypeError) as exc:
-                    error = f"does not decode: {exc}"
-            if error:
-                problems.append({"entry": id_, "problem": error})
+        progress = Progress("verify", inspection.count_entries(conn))
+        try:
+            report = log.verify(
+                conn,
+                saved_heads=ctx.args.heads,
+                require_chain=ctx.args.require_chain,
+                on_entry=progress.step,
+            )
+        except oplog.SchemaError as exc:
+            _fail(EXIT_SCHEMA, str(exc))
+        except oplog.OplogError as exc:  # the saved heads file
+            _fail(EXIT_USAGE, str(exc))
         conn.rollback()
+        problems = [problem.as_dict() for problem in report.problems]
         if ctx.args.replay and catalog is not None and not problems:
-            problems += _replay_and_compare(ctx, conn, catalog, total)
+            problems += _replay_and_compare(ctx, conn, catalog, report.entries)
+    if ctx.args.save_heads and not problems:
+        SavedHeads.save(ctx.args.save_heads, log.wrapper, report.heads)
     for problem in problems:
-        where = f"entry {problem['entry']}" if "entry" in problem else f"table {problem['table']}"
+        if "kind" in problem:
+            where = problem["kind"]
+        elif "entry" in problem:
+            where = f"entry {problem['entry']}"
+        else:
+            where = f"table {problem['table']}"
         sys.stderr.write(f"oplog: {where}: {problem['problem']}\n")
-    result = {"entries": checked, "problems": len(problems), "ok": not problems}
+    result = {
+        "entries": report.entries,
+        "chained": report.chained,
+        "unchained": report.unchained,
+        "aggregates": report.aggregates,
+        "problems": len(problems),
+        "ok": not problems,
+    }
     if ctx.json:
         for problem in problems:
             ctx.out.write(json.dumps(problem) + "\n")
         ctx.out.write(json.dumps(result) + "\n")
     else:
         ctx.out.write(
-            f"verified {checked} entries: "
-            + ("all decrypt and decode" if not problems else f"{len(problems)} problem(s)")
+            f"verified {report.entries} entries ({report.chained} chained in"
+            f" {report.aggregates} aggregates, {report.unchained} unchained): "
+            + ("all decrypt and decode, every chain whole" if not problems
+               else f"{len(problems)} problem(s)")
             + (" and replay to equal tables" if ctx.args.replay and not problems else "")
+            + (f"; heads saved to {ctx.args.save_heads}" if ctx.args.save_heads and not problems
+               else "")
             + "\n"
-        )
+        )  # fmt: skip
     return EXIT_OK if not problems else EXIT_VERIFY
 
 
@@ -933,8 +955,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata filter")
     p = add("show", cmd_show, "show one entry")
     p.add_argument("id", type=_count_arg(1))
-    p = add("verify", cmd_verify, "decrypt and decode every entry")
+    p = add("verify", cmd_verify, "decrypt and decode every entry, walk every chain")
     p.add_argument("--replay", action="store_true", help="also replay and compare tables")
+    p.add_argument(
+        "--save-heads",
+        metavar="FILE",
+        help="after a clean verify, write every aggregate's head to FILE, signed with the key",
+    )
+    p.add_argument(
+        "--heads",
+        metavar="FILE",
+        help="check that every chain still reaches the heads saved in FILE",
+    )
+    p.add_argument(
+        "--require-chain",
+        action="store_true",
+        help="report entries without a tag as problems",
+    )
     p = add("replay", cmd_replay, "replay entries into suffix tables")
     p.add_argument("--suffix", default="_replay", help="table name suffix (default _replay)")
     p.add_argument("--after", type=_count_arg(0), default=0, help="only entries after this id")

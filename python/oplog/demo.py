@@ -74,6 +74,7 @@ class Summary:
     entries_replayed: int = 0
     tables_equal: list[str] = field(default_factory=list)
     tables_differing: list[str] = field(default_factory=list)
+    verified_ok: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -195,6 +196,16 @@ def run(connect: Connect, wrapper: oplog.Wrapper, out: TextIO) -> Summary:
         f"{len(summary.tables_equal)} of {len(TABLES)} tables equal the live ones\n"
     )
     lap("replay")
+
+    report = log.verify(conn)
+    conn.commit()
+    summary.verified_ok = report.ok
+    out.write(
+        f"verified {report.entries} entries: {report.chained} chained in {report.aggregates}"
+        f" aggregates, {report.unchained} unchained (written through the lower-level API),"
+        f" {len(report.problems)} problems\n"
+    )
+    lap("verify")
     conn.close()
     return summary
 

@@ -6,6 +6,7 @@ psycopg 3 connection, in the caller's transactions."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import (
     Callable,
@@ -15,15 +16,18 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from oplog import _sql, pgarray
-from oplog._compat import Event, sleep, wait_event
+from oplog._compat import NO_BLOCK, Event, sleep, wait_event
 from oplog._db import execute
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
+from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, group_digests
 from oplog.checkpoint import (
     Checkpoint,
     TailCursor,
@@ -43,6 +47,8 @@ from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer import Writer
 
 __all__ = ["Oplog"]
+
+_VERIFY_BATCH = 2000  # entries fetched at a time by verify
 
 
 def _written(entry: Entry, row: Sequence[Any]) -> Entry:
@@ -115,8 +121,14 @@ class Oplog(OplogSettings):
         """
         entry, params = self.prepare_write(aggregate_name, operations, metadata)
         warn_if_outside_a_transaction(conn, "write")
-        query = _sql.WRITE_ENTRY if params["keys"] else _sql.WRITE_ENTRY_ALONE
-        return self._redeem_and_write(conn, entry, query, params, params["ticket"])
+        if self.tag_key() is None:
+            query = _sql.WRITE_ENTRY_METADATA if params["keys"] else _sql.WRITE_ENTRY_ALONE
+            return self._redeem_and_write(conn, entry, query, params, params["ticket"])
+        query = _sql.WRITE_CHAINED if params["keys"] else _sql.WRITE_CHAINED_ALONE
+        with _transaction(conn):
+            heads = _lock_heads(conn, [aggregate_name])
+            params["chain_seq"], params["chain_tag"] = self.chain_entry(heads, params)
+            return self._redeem_and_write(conn, entry, query, params, params["ticket"])
 
     def apply(
         self,
@@ -141,8 +153,12 @@ class Oplog(OplogSettings):
                 key, or a row changed twice; nothing is written.
             TicketConflictError: As for :meth:`write`.
         """
-        entry, query, params = self.prepare_apply(conn, aggregate_name, operations, metadata)
-        return self._redeem_and_write(conn, entry, query, params, params[0])
+        entry, query, params, chain = self.prepare_apply(conn, aggregate_name, operations, metadata)
+        if chain is None:
+            return self._redeem_and_write(conn, entry, query, params, params[0])
+        with _transaction(conn):
+            chain.fill(self, _lock_heads(conn, [aggregate_name]))
+            return self._redeem_and_write(conn, entry, query, params, params[0])
 
     def write_many(self, conn: psycopg.Connection[Any], items: Iterable[BatchItem]) -> list[int]:
         """Writes many entries in the caller's transaction in one round trip.
@@ -174,8 +190,13 @@ class Oplog(OplogSettings):
             return []
         warn_if_outside_a_transaction(conn, "write_many")
         pgarray.register(conn)
-        with ticket_conflicts("write a batch of entries"):
-            return _send_batch(conn, batch)
+        if batch.tag_key is None:
+            with ticket_conflicts("write a batch of entries"):
+                return _send_batch(conn, batch)
+        with _transaction(conn):
+            batch.heads = _lock_heads(conn, batch.head_names)
+            with ticket_conflicts("write a batch of entries"):
+                return _send_batch(conn, batch)
 
     # --- reading and replaying ----------------------------------------------------------------
 
@@ -225,6 +246,92 @@ class Oplog(OplogSettings):
         return count
 
     # --- following ----------------------------------------------------------------------------
+
+    def verify(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        saved_heads: str | os.PathLike[str] | None = None,
+        require_chain: bool = False,
+        on_entry: Callable[[], object] | None = None,
+    ) -> VerifyReport:
+        """Checks every stored entry: that it decrypts and decodes (with the log's catalog;
+        with an empty one, its envelopes only), that it is no copy of another, and that every
+        aggregate's chain is whole, in order and ends at its head (:mod:`oplog.chain`).
+
+        Reads in a transaction of its own on an autocommit connection, else in the caller's
+        (which it leaves open). Heads are read before the entries, so entries committed
+        meanwhile do not count as tampering.
+
+        Args:
+            saved_heads: A file written by :meth:`save_heads`: every chain must still reach
+                the heads it holds (catches the newest entries deleted with their heads).
+            require_chain: Report entries without a tag as problems (else only counted).
+            on_entry: Called after each entry (for progress).
+
+        Returns:
+            The report; ``report.ok`` when nothing was found wrong.
+
+        Raises:
+            OplogError: `saved_heads` cannot be read or its signature does not match.
+            SchemaError: The database lacks migration 5.
+        """
+        saved = None if saved_heads is None else SavedHeads.load(saved_heads, self.wrapper)
+        with _transaction(conn):
+            with requiring_migration(5):
+                rows = execute(conn, _sql.HEADS).fetchall()
+            heads = {name: (int(seq), bytes(tag)) for name, seq, tag in rows}
+            check = ChainCheck(self.wrapper, heads, saved, require_chain=require_chain)
+            cursor = psycopg.ServerCursor(conn, "oplog_verify", row_factory=tuple_row)
+            try:
+                cursor.execute(_sql.VERIFY_ENTRIES)
+                while batch := cursor.fetchmany(_VERIFY_BATCH):
+                    metadata = _metadata(conn, [row[0] for row in batch])
+                    self._verify_rows(check, batch, group_digests(metadata), on_entry)
+            finally:
+                cursor.close()
+        return check.finish()
+
+    def _verify_rows(
+        self,
+        check: ChainCheck,
+        rows: list[Any],
+        digests: dict[int, bytes],
+        on_entry: Callable[[], object] | None,
+    ) -> None:
+        """Feeds a batch of VERIFY_ENTRIES rows to `check`, one aggregate's run at a time,
+        decrypting and decoding each entry."""
+        start = 0
+        for index, row in enumerate(rows):
+            id_, data = row[0], bytes(row[3])
+            check.blob(id_, data)
+            problem = self.check_entry(data)
+            if problem is not None:
+                kind, sentence = problem
+                check.report.problems.append(
+                    VerifyProblem(kind, id_, row[1], f"entry {id_} {sentence}")
+                )
+            if on_entry is not None:
+                on_entry()
+            if index + 1 == len(rows) or rows[index + 1][1] != row[1]:
+                run = [(r[0], r[2], r[3], r[4], r[5]) for r in rows[start : index + 1]]
+                check.aggregate(row[1], run, digests)
+                start = index + 1
+
+    def save_heads(
+        self, conn: psycopg.Connection[Any], path: str | os.PathLike[str]
+    ) -> VerifyReport:
+        """Verifies the log and, when it is clean, writes every aggregate's head to `path`,
+        signed with the log's key (:class:`oplog.chain.SavedHeads`): keep it outside the
+        database and pass it to a later :meth:`verify` as `saved_heads`.
+
+        Returns:
+            The verification's report; nothing is written unless ``report.ok``.
+        """
+        report = self.verify(conn)
+        if report.ok:
+            SavedHeads.save(path, self.wrapper, report.heads)
+        return report
 
     def checkpoint(self, conn: psycopg.Connection[Any]) -> Checkpoint:
         """The current end of the log: a tail from here delivers only entries of transactions
@@ -470,6 +577,23 @@ def _send_batch(conn: psycopg.Connection[Any], batch: EntryBatch) -> list[int]:
                 for statement in block.undo:
                     execute(conn, statement)
         raise
+
+
+def _transaction(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+    """A transaction of its own for a chained write on an autocommit connection outside one
+    (the heads it locks must stay locked until its entries commit); else nothing."""
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return conn.transaction()
+    return NO_BLOCK
+
+
+def _lock_heads(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, tuple[int, bytes]]:
+    """Locks the chain heads of `names` (creating missing ones) until the transaction ends;
+    returns each one's (sequence, tag)."""
+    with ticket_conflicts("lock the chain heads"), requiring_migration(5):
+        cursor = execute(conn, _sql.LOCK_HEADS, (sorted(names),))
+        rows = cursor.fetchall()
+    return {name: (int(seq), bytes(tag)) for name, seq, tag in rows}
 
 
 def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> list[Any]:

@@ -6,6 +6,7 @@ psycopg 3 connection, in the caller's transactions."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -16,15 +17,18 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from oplog import _sql, pgarray
-from oplog._compat import AEvent, asleep, await_event
+from oplog._compat import ANO_BLOCK, AEvent, asleep, await_event
 from oplog._db import aexecute
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
+from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, group_digests
 from oplog.checkpoint import (
     Checkpoint,
     TailCursor,
@@ -44,6 +48,8 @@ from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer_async import AsyncWriter
 
 __all__ = ["AsyncOplog"]
+
+_VERIFY_BATCH = 2000  # entries fetched at a time by verify
 
 
 def _written(entry: Entry, row: Sequence[Any]) -> Entry:
@@ -116,8 +122,14 @@ class AsyncOplog(OplogSettings):
         """
         entry, params = self.prepare_write(aggregate_name, operations, metadata)
         warn_if_outside_a_transaction(conn, "write")
-        query = _sql.WRITE_ENTRY if params["keys"] else _sql.WRITE_ENTRY_ALONE
-        return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
+        if self.tag_key() is None:
+            query = _sql.WRITE_ENTRY_METADATA if params["keys"] else _sql.WRITE_ENTRY_ALONE
+            return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
+        query = _sql.WRITE_CHAINED if params["keys"] else _sql.WRITE_CHAINED_ALONE
+        async with _transaction(conn):
+            heads = await _lock_heads(conn, [aggregate_name])
+            params["chain_seq"], params["chain_tag"] = self.chain_entry(heads, params)
+            return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
 
     async def apply(
         self,
@@ -142,8 +154,12 @@ class AsyncOplog(OplogSettings):
                 key, or a row changed twice; nothing is written.
             TicketConflictError: As for :meth:`write`.
         """
-        entry, query, params = self.prepare_apply(conn, aggregate_name, operations, metadata)
-        return await self._redeem_and_write(conn, entry, query, params, params[0])
+        entry, query, params, chain = self.prepare_apply(conn, aggregate_name, operations, metadata)
+        if chain is None:
+            return await self._redeem_and_write(conn, entry, query, params, params[0])
+        async with _transaction(conn):
+            chain.fill(self, await _lock_heads(conn, [aggregate_name]))
+            return await self._redeem_and_write(conn, entry, query, params, params[0])
 
     async def write_many(
         self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]
@@ -177,8 +193,13 @@ class AsyncOplog(OplogSettings):
             return []
         warn_if_outside_a_transaction(conn, "write_many")
         pgarray.register(conn)
-        with ticket_conflicts("write a batch of entries"):
-            return await _send_batch(conn, batch)
+        if batch.tag_key is None:
+            with ticket_conflicts("write a batch of entries"):
+                return await _send_batch(conn, batch)
+        async with _transaction(conn):
+            batch.heads = await _lock_heads(conn, batch.head_names)
+            with ticket_conflicts("write a batch of entries"):
+                return await _send_batch(conn, batch)
 
     # --- reading and replaying ----------------------------------------------------------------
 
@@ -229,6 +250,92 @@ class AsyncOplog(OplogSettings):
         return count
 
     # --- following ----------------------------------------------------------------------------
+
+    async def verify(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        *,
+        saved_heads: str | os.PathLike[str] | None = None,
+        require_chain: bool = False,
+        on_entry: Callable[[], object] | None = None,
+    ) -> VerifyReport:
+        """Checks every stored entry: that it decrypts and decodes (with the log's catalog;
+        with an empty one, its envelopes only), that it is no copy of another, and that every
+        aggregate's chain is whole, in order and ends at its head (:mod:`oplog.chain`).
+
+        Reads in a transaction of its own on an autocommit connection, else in the caller's
+        (which it leaves open). Heads are read before the entries, so entries committed
+        meanwhile do not count as tampering.
+
+        Args:
+            saved_heads: A file written by :meth:`save_heads`: every chain must still reach
+                the heads it holds (catches the newest entries deleted with their heads).
+            require_chain: Report entries without a tag as problems (else only counted).
+            on_entry: Called after each entry (for progress).
+
+        Returns:
+            The report; ``report.ok`` when nothing was found wrong.
+
+        Raises:
+            OplogError: `saved_heads` cannot be read or its signature does not match.
+            SchemaError: The database lacks migration 5.
+        """
+        saved = None if saved_heads is None else SavedHeads.load(saved_heads, self.wrapper)
+        async with _transaction(conn):
+            with requiring_migration(5):
+                rows = await (await aexecute(conn, _sql.HEADS)).fetchall()
+            heads = {name: (int(seq), bytes(tag)) for name, seq, tag in rows}
+            check = ChainCheck(self.wrapper, heads, saved, require_chain=require_chain)
+            cursor = psycopg.AsyncServerCursor(conn, "oplog_verify", row_factory=tuple_row)
+            try:
+                await cursor.execute(_sql.VERIFY_ENTRIES)
+                while batch := await cursor.fetchmany(_VERIFY_BATCH):
+                    metadata = await _metadata(conn, [row[0] for row in batch])
+                    self._verify_rows(check, batch, group_digests(metadata), on_entry)
+            finally:
+                await cursor.close()
+        return check.finish()
+
+    def _verify_rows(
+        self,
+        check: ChainCheck,
+        rows: list[Any],
+        digests: dict[int, bytes],
+        on_entry: Callable[[], object] | None,
+    ) -> None:
+        """Feeds a batch of VERIFY_ENTRIES rows to `check`, one aggregate's run at a time,
+        decrypting and decoding each entry."""
+        start = 0
+        for index, row in enumerate(rows):
+            id_, data = row[0], bytes(row[3])
+            check.blob(id_, data)
+            problem = self.check_entry(data)
+            if problem is not None:
+                kind, sentence = problem
+                check.report.problems.append(
+                    VerifyProblem(kind, id_, row[1], f"entry {id_} {sentence}")
+                )
+            if on_entry is not None:
+                on_entry()
+            if index + 1 == len(rows) or rows[index + 1][1] != row[1]:
+                run = [(r[0], r[2], r[3], r[4], r[5]) for r in rows[start : index + 1]]
+                check.aggregate(row[1], run, digests)
+                start = index + 1
+
+    async def save_heads(
+        self, conn: psycopg.AsyncConnection[Any], path: str | os.PathLike[str]
+    ) -> VerifyReport:
+        """Verifies the log and, when it is clean, writes every aggregate's head to `path`,
+        signed with the log's key (:class:`oplog.chain.SavedHeads`): keep it outside the
+        database and pass it to a later :meth:`verify` as `saved_heads`.
+
+        Returns:
+            The verification's report; nothing is written unless ``report.ok``.
+        """
+        report = await self.verify(conn)
+        if report.ok:
+            SavedHeads.save(path, self.wrapper, report.heads)
+        return report
 
     async def checkpoint(self, conn: psycopg.AsyncConnection[Any]) -> Checkpoint:
         """The current end of the log: a tail from here delivers only entries of transactions
@@ -475,6 +582,25 @@ async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: EntryBatch) -> 
                 for statement in block.undo:
                     await aexecute(conn, statement)
         raise
+
+
+def _transaction(conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextManager[Any]:
+    """A transaction of its own for a chained write on an autocommit connection outside one
+    (the heads it locks must stay locked until its entries commit); else nothing."""
+    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return conn.transaction()
+    return ANO_BLOCK
+
+
+async def _lock_heads(
+    conn: psycopg.AsyncConnection[Any], names: list[str]
+) -> dict[str, tuple[int, bytes]]:
+    """Locks the chain heads of `names` (creating missing ones) until the transaction ends;
+    returns each one's (sequence, tag)."""
+    with ticket_conflicts("lock the chain heads"), requiring_migration(5):
+        cursor = await aexecute(conn, _sql.LOCK_HEADS, (sorted(names),))
+        rows = await cursor.fetchall()
+    return {name: (int(seq), bytes(tag)) for name, seq, tag in rows}
 
 
 async def _metadata(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[Any]:

@@ -10,14 +10,14 @@ from typing import Any
 
 import psycopg
 
-from oplog import _sql
+from oplog import _core, _sql, chain
 from oplog.batch import BatchItem, EntryBatch
 from oplog.catalog import TypeCatalog
 from oplog.entry import Entry, metadata_rows
-from oplog.errors import InvalidParameterError
+from oplog.errors import DecodeError, DecryptError, InvalidParameterError, UnknownTypeError
 from oplog.mapping import Statements
 from oplog.operation import Operation
-from oplog.queue import Version, check_classes
+from oplog.queue import Queue, Version, check_classes
 from oplog.ticket import LockMode, Ticketer, check_lock_mode, ticket_name
 from oplog.wrapping import Wrapper
 
@@ -87,6 +87,45 @@ class OplogSettings:
         self.aggregate_names = aggregate_names
         self.lock: LockMode = check_lock_mode(lock)
         self.format_version: Version = format_version
+        try:
+            self._tag_key = chain.tag_key(wrapper)
+        except DecryptError:  # a MultiWrapper whose primary derives no keys
+            self._tag_key = None
+
+    def tag_key(self) -> bytes | None:
+        """The key of the tags of new entries, or None when the wrapper derives no keys (then
+        entries are written without tags: see :mod:`oplog.chain`)."""
+        return self._tag_key
+
+    def check_entry(self, data: bytes) -> tuple[str, str] | None:
+        """What is wrong with a stored blob, as (problem kind, sentence), or None: it must
+        decrypt, and decode with the catalog (with an empty catalog, its envelopes only)."""
+        try:
+            plain = self.wrapper.decrypt(data)
+        except DecryptError as exc:
+            return "undecryptable", f"does not decrypt: {exc}"
+        try:
+            if len(self.catalog):
+                list(Queue(plain, catalog=self.catalog))
+            else:
+                _core.decode_operations(plain, 0, None)
+        except (DecodeError, UnknownTypeError) as exc:
+            return "undecodable", f"does not decode: {exc}"
+        return None
+
+    def chain_entry(
+        self, heads: dict[str, tuple[int, bytes]], params: dict[str, Any]
+    ) -> tuple[int, bytes]:
+        """The sequence and tag of one prepared entry (:meth:`prepare_write`'s params) on the
+        locked `heads`, which it advances."""
+        assert self._tag_key is not None
+        keys = params["keys"]
+        digest = chain.metadata_digest(keys, params["values"]) if keys else chain.EMPTY_METADATA
+        seqs, tags = _core.chain_tags(
+            self._tag_key, params["key_id"], [params["aggregate_name"]], [params["data"]],
+            [digest], heads,
+        )  # fmt: skip
+        return seqs[0], tags[0]
 
     def ticket_name(self, aggregate_name: str) -> str:
         """The ticket an aggregate name uses."""
@@ -132,7 +171,7 @@ class OplogSettings:
         aggregate_name: str,
         operations: Iterable[Operation],
         metadata: Mapping[str, Sequence[str] | str] | None,
-    ) -> tuple[Entry, bytes, list[Any]]:
+    ) -> tuple[Entry, bytes, list[Any], ApplyChain | None]:
         ops = tuple(operations)
         check_classes(self.catalog, ops)
         # Composing needs only the connection's encoding; nothing is executed here.
@@ -154,14 +193,35 @@ class OplogSettings:
         params = [
             p["ticket"], *data_params, p["version"], p["aggregate_name"], p["data"], p["key_id"],
         ]  # fmt: skip
-        parts.append(_sql.APPLY_ENTRY)
+        if self._tag_key is None:
+            parts.append(_sql.APPLY_ENTRY)
+        else:
+            # The chain's values, once the head is locked: see fill_apply_chain.
+            parts.append(_sql.APPLY_CHAINED_ENTRY)
+            params += [None, None, None, None, p["aggregate_name"], None]
         if p["keys"]:  # metadata rows, only when there are any (fewer parameters to adapt)
             parts.append(_sql.APPLY_METADATA)
             params += [p["keys"], p["values"]]
         parts.append(_sql.APPLY_RESULT)
-        return entry, b"".join(parts), params
+        chain = None if self._tag_key is None else ApplyChain(p, params, len(data_params) + 5)
+        return entry, b"".join(parts), params, chain
 
     def prepare_batch(self, items: Iterable[BatchItem]) -> EntryBatch | None:
         """Checks a batch's items (None for an empty batch); see :class:`EntryBatch`."""
         batch = EntryBatch(self, items)
         return batch if batch.size else None
+
+
+class ApplyChain:
+    """Where a chained apply's sequence and tag go in its parameters, once the head is
+    locked (the statement is composed before)."""
+
+    def __init__(self, prepared: dict[str, Any], params: list[Any], at: int) -> None:
+        self.prepared = prepared
+        self.params = params
+        self.at = at
+
+    def fill(self, log: OplogSettings, heads: dict[str, tuple[int, bytes]]) -> None:
+        seq, tag = log.chain_entry(heads, self.prepared)
+        name = self.prepared["aggregate_name"]
+        self.params[self.at : self.at + 6] = [seq, tag, seq, tag, name, seq]

@@ -12,13 +12,15 @@ import os
 from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from oplog.errors import DecryptError, InvalidParameterError
 from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
 
-__all__ = ["AeadWrapper", "MultiWrapper", "Wrapper", "blob_key_id"]
+__all__ = ["AeadWrapper", "KeyDeriving", "MultiWrapper", "Wrapper", "blob_key_id"]
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -40,6 +42,22 @@ class Wrapper(Protocol):
 
     def decrypt(self, blob: bytes) -> bytes:
         """The plaintext of a serialized blob; raises DecryptError."""
+        ...
+
+
+@runtime_checkable
+class KeyDeriving(Protocol):
+    """A wrapper that can also derive keys for other purposes from its key material (entry
+    tags and signed heads, see :mod:`oplog.chain`). Optional: a :class:`Wrapper` without it
+    writes entries without tags."""
+
+    def derive_key(self, info: bytes, key_id: str | None = None) -> bytes:
+        """32 bytes derived from the key with id `key_id` (the current key when None) for the
+        purpose `info`; the same for the same key and `info`, unrelated across them.
+
+        Raises:
+            DecryptError: This wrapper has no key with that id.
+        """
         ...
 
 
@@ -84,7 +102,7 @@ class AeadWrapper:
         InvalidParameterError: The key is not 32 bytes, or the key id is empty.
     """
 
-    __slots__ = ("_aead", "_key_id", "_key_info_field")
+    __slots__ = ("_aead", "_derived", "_key", "_key_id", "_key_info_field")
 
     def __init__(self, key: bytes, key_id: str) -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
@@ -96,6 +114,8 @@ class AeadWrapper:
         # One AESGCM object per wrapper: building one per call costs more than the encryption
         # of a small entry.
         self._aead = AESGCM(bytes(key))
+        self._key = bytes(key)
+        self._derived: dict[bytes, bytes] = {}
         self._key_id = key_id
         # BlobInfo field 5 (key_info), the same for every blob: serialized once.
         key_info = KeyInfo(key_id=key_id).SerializeToString()
@@ -118,6 +138,26 @@ class AeadWrapper:
         # BlobInfo{ciphertext=1, key_info=5} exactly as protobuf serializes it (tested against
         # the protobuf runtime), without building a message per blob.
         return b"\x0a" + _varint(NONCE_SIZE + len(sealed)) + nonce + sealed + self._key_info_field
+
+    def derive_key(self, info: bytes, key_id: str | None = None) -> bytes:
+        """HKDF-SHA256 of this wrapper's key (no salt; `info`, a zero byte and the key id as
+        its info): 32 bytes for another purpose than encryption. Derived once per `info`.
+
+        Raises:
+            DecryptError: `key_id` names another key.
+        """
+        if key_id is not None and key_id != self._key_id:
+            raise DecryptError(f"no key {key_id!r} here: this wrapper has {self._key_id!r}")
+        derived = self._derived.get(info)
+        if derived is None:
+            hkdf = HKDF(
+                algorithm=hashes.SHA256(),
+                length=KEY_SIZE,
+                salt=None,
+                info=bytes(info) + b"\x00" + self._key_id.encode(),
+            )
+            derived = self._derived[info] = hkdf.derive(self._key)
+        return derived
 
     def decrypt(self, blob: bytes) -> bytes:
         """Decrypts a serialized blob written by this key.
@@ -207,6 +247,19 @@ class MultiWrapper:
         if isinstance(wrapper, AeadWrapper):
             return wrapper._open(info)  # the blob is parsed already
         return wrapper.decrypt(blob)
+
+    def derive_key(self, info: bytes, key_id: str | None = None) -> bytes:
+        """Derives from the key with id `key_id` (the primary's when None), by its wrapper.
+
+        Raises:
+            DecryptError: No wrapper has that key id, or that wrapper derives no keys.
+        """
+        wrapper = self._by_id.get(self.key_id if key_id is None else key_id)
+        if wrapper is None:
+            raise DecryptError(f"unknown key id {key_id!r}: known are {self.key_ids}")
+        if not isinstance(wrapper, KeyDeriving):
+            raise DecryptError(f"the wrapper of key {wrapper.key_id!r} derives no keys")
+        return wrapper.derive_key(info, wrapper.key_id)
 
     def __repr__(self) -> str:
         return f"MultiWrapper(key_ids={self.key_ids!r})"
