@@ -223,11 +223,23 @@ def test_the_cli_names_the_problem_and_exits_1(
     assert f"missing: sequence 2 of 'b' is missing (before entry {written['b'][2]})" in (
         result.stderr
     )
+    assert verify("--chains-only").returncode == 1
     lines = [json.loads(line) for line in verify("--json").stdout.splitlines()]
     assert {"kind": "missing", "entry": written["b"][2], "aggregate": "b"}.items() <= lines[
         0
     ].items()
     assert lines[-1]["ok"] is False
+
+
+def test_a_chains_only_verify_finds_changes_by_their_tags(
+    conn: psycopg.Connection[Any], written: dict[str, list[int]]
+) -> None:
+    """Without decrypting, a changed byte of a chained entry is still found (its tag), while
+    the undecryptable blob itself is not looked at."""
+    _tamper(conn, *CASES["a changed data byte"][0](written))
+    report = LOG.verify(conn, contents=False)
+    assert _found(report) == {("tag", written["a"][1], "a")}
+    assert report.entries == sum(len(ids) for ids in written.values())
 
 
 def test_saved_heads_catch_entries_deleted_with_their_head(

@@ -35,19 +35,24 @@ REDEEM_TICKET_VERSION = f"update oplog_ticket set {ADVANCE_TICKET} where id = %s
 # (Entry.write_entry_with) the redeem succeeds only from that version; without one (Oplog.write)
 # it takes the current one, waiting for a concurrent writer at READ COMMITTED and failing with
 # a serialization error above it. No row back means a stale version, or a ticket that does not
-# exist yet. Chained (oplog.chain), the entry carries its sequence and tag and advances its
-# aggregate's head, which LOCK_HEADS locked earlier in the transaction.
+# exist yet.
+#
+# Chained (oplog.chain), the statement first advances the aggregate's head from the one the
+# tag was computed on (`prev_tag`, sequence `chain_seq` - 1) and redeems the ticket only if it
+# did: a head that moved meanwhile (or a missing ticket) changes nothing and returns no row, and
+# the writer locks the head and tries again. At READ COMMITTED a concurrent writer of the head
+# is waited for and its commit makes the check fail; above it, it is a serialization failure.
 _WRITE_ENTRY = """
-with ticket as (
+with {head}ticket as (
   update oplog_ticket set {advance}
-  where name = %(ticket)b::text{version_check}
+  where name = %(ticket)b::text{version_check}{head_gate}
   returning id
 ), entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id{chain_columns})
   select %(version)b::text, %(aggregate_name)b::text, %(data)b, %(key_id)b::text{chain_values}
   from ticket
   returning id, create_time
-){metadata}{head}
+){metadata}
 select id, create_time from entry
 """
 _TICKET_VERSION = (
@@ -58,12 +63,14 @@ _ENTRY_METADATA = """, metadata as (
   select entry.id, m.key, m.value
   from entry, unnest(%(keys)b::text[], %(values)b::text[]) as m (key, value)
 )"""
-_ENTRY_HEAD = """, head as (
+_ENTRY_HEAD = """head as (
   update oplog_chain_head
   set seq = %(chain_seq)b::bigint, tag = %(chain_tag)b::bytea, update_time = current_timestamp
-  where aggregate_name = %(aggregate_name)b::text and seq = %(chain_seq)b::bigint - 1
-    and exists (select from entry)
-)"""
+  where aggregate_name = %(aggregate_name)b::text
+    and seq = %(chain_seq)b::bigint - 1 and tag = %(prev_tag)b::bytea
+    and exists (select from oplog_ticket where name = %(ticket)b::text)
+  returning 1
+), """
 
 
 def _write_entry(*, ticket_version: bool, metadata: bool, chained: bool) -> str:
@@ -74,6 +81,7 @@ def _write_entry(*, ticket_version: bool, metadata: bool, chained: bool) -> str:
         chain_values=", %(chain_seq)b::bigint, %(chain_tag)b::bytea" if chained else "",
         metadata=_ENTRY_METADATA if metadata else "",
         head=_ENTRY_HEAD if chained else "",
+        head_gate="\n    and exists (select from head)" if chained else "",
     )
 
 
@@ -97,10 +105,16 @@ returning aggregate_name, seq, tag
 """
 HEADS = "select aggregate_name, seq, tag from oplog_chain_head"
 
-# Every entry for verification, each aggregate's chain in sequence order (the unchained last).
+# Every entry for verification with its metadata (as two arrays, or NULLs), each aggregate's
+# chain in sequence order, the unchained last.
 VERIFY_ENTRIES = """
-select id, aggregate_name, key_id, data, chain_seq, chain_tag from oplog_entry
-order by aggregate_name, chain_seq nulls last, id
+select e.id, e.aggregate_name, e.key_id, e.data, e.chain_seq, e.chain_tag, m.keys, m.vals
+from oplog_entry e
+left join lateral (
+  select array_agg(key) as keys, array_agg(value) as vals
+  from oplog_metadata where entry_id = e.id
+) as m on true
+order by e.aggregate_name, e.chain_seq nulls last, e.id
 """
 
 # Oplog.apply: after the data CTEs (each changes nothing unless `ticket` returned a row), the
@@ -114,13 +128,20 @@ APPLY_ENTRY = b""", entry as (
   select %b::text, %b::text, %b, %b::text from ticket
   returning id, create_time
 )"""
+APPLY_CHAINED_TICKET = f"""head as (
+  update oplog_chain_head set seq = %b::bigint, tag = %b::bytea, update_time = current_timestamp
+  where aggregate_name = %b::text and seq = %b::bigint - 1 and tag = %b::bytea
+    and exists (select from oplog_ticket where name = %b::text)
+  returning 1
+), ticket as (
+  update oplog_ticket set {ADVANCE_TICKET}
+  where name = %b::text and exists (select from head) returning id
+)""".encode()
+"""APPLY_TICKET for a chained entry: the head advanced first, as in WRITE_CHAINED."""
 APPLY_CHAINED_ENTRY = b""", entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id, chain_seq, chain_tag)
   select %b::text, %b::text, %b, %b::text, %b::bigint, %b::bytea from ticket
   returning id, create_time
-), head as (
-  update oplog_chain_head set seq = %b::bigint, tag = %b::bytea, update_time = current_timestamp
-  where aggregate_name = %b::text and seq = %b::bigint - 1 and exists (select from entry)
 )"""
 APPLY_METADATA = b""", metadata as (
   insert into oplog_metadata (entry_id, key, value)

@@ -172,6 +172,7 @@ class ChainCheck:
         self.report = VerifyReport()
         self._keys: dict[str, bytes | None] = {}
         self._blobs: dict[bytes, int] = {}
+        self._digests: dict[tuple[tuple[str, ...], tuple[str | None, ...]], bytes] = {}
         self._seen_aggregates: set[str] = set()
         # The aggregate being fed: its last (sequence, tag, id), and its tags at the
         # sequences of its stored and saved heads.
@@ -190,6 +191,16 @@ class ChainCheck:
 
     def _problem(self, kind: str, entry: int | None, aggregate: str | None, detail: str) -> None:
         self.report.problems.append(VerifyProblem(kind, entry, aggregate, detail))
+
+    def metadata_digest(self, keys: Sequence[str], values: Sequence[str | None]) -> bytes:
+        """:func:`metadata_digest`, remembered for metadata seen before (logs repeat it)."""
+        key = (tuple(keys), tuple(values))
+        digest = self._digests.get(key)
+        if digest is None:
+            if len(self._digests) > 10_000:
+                self._digests.clear()
+            digest = self._digests[key] = metadata_digest(keys, values)
+        return digest
 
     def blob(self, entry_id: int, data: bytes) -> None:
         """Notes an entry's blob; a blob seen before is a copy. (A blob starts with its random

@@ -465,6 +465,7 @@ def cmd_verify(ctx: Context) -> int:
                 conn,
                 saved_heads=ctx.args.heads,
                 require_chain=ctx.args.require_chain,
+                contents=not ctx.args.chains_only,
                 on_entry=progress.step,
             )
         except oplog.SchemaError as exc:
@@ -501,7 +502,8 @@ def cmd_verify(ctx: Context) -> int:
         ctx.out.write(
             f"verified {report.entries} entries ({report.chained} chained in"
             f" {report.aggregates} aggregates, {report.unchained} unchained): "
-            + ("all decrypt and decode, every chain whole" if not problems
+            + (("every chain whole" if ctx.args.chains_only
+                else "all decrypt and decode, every chain whole") if not problems
                else f"{len(problems)} problem(s)")
             + (" and replay to equal tables" if ctx.args.replay and not problems else "")
             + (f"; heads saved to {ctx.args.save_heads}" if ctx.args.save_heads and not problems
@@ -971,6 +973,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-chain",
         action="store_true",
         help="report entries without a tag as problems",
+    )
+    p.add_argument(
+        "--chains-only",
+        action="store_true",
+        help="check tags, chains, heads and copies without decrypting (entries without a tag"
+        " go unchecked)",
     )
     p = add("replay", cmd_replay, "replay entries into suffix tables")
     p.add_argument("--suffix", default="_replay", help="table name suffix (default _replay)")

@@ -28,7 +28,7 @@ from oplog._compat import ANO_BLOCK, AEvent, asleep, await_event
 from oplog._db import aexecute
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
-from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, group_digests
+from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport
 from oplog.checkpoint import (
     Checkpoint,
     TailCursor,
@@ -49,7 +49,9 @@ from oplog.writer_async import AsyncWriter
 
 __all__ = ["AsyncOplog"]
 
-_VERIFY_BATCH = 2000  # entries fetched at a time by verify
+_VERIFY_BATCH = 2000  # entries verify checks at a time
+# Rows per chunk of verify's stream; one at a time with a libpq before 17 (no chunked mode).
+_STREAM_CHUNK = 500 if psycopg.pq.version() >= 170000 else 1
 
 
 def _written(entry: Entry, row: Sequence[Any]) -> Entry:
@@ -97,6 +99,36 @@ class AsyncOplog(OplogSettings):
             " see; retry"
         )
 
+    async def _write_chained(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        entry: Entry,
+        query: str | bytes,
+        params: Any,
+        ticket: str,
+        chain: Callable[[dict[str, tuple[int, bytes]]], None],
+    ) -> Entry:
+        """Writes a chained entry: first on the head this writer last wrote (one statement,
+        which checks it); when that is unknown or stale, locks the head and writes on it
+        (creating the ticket if need be). `chain(heads)` puts the entry's chain values into
+        `params`."""
+        name = entry.aggregate_name
+        heads = self.cached_head(conn, name)
+        if heads is not None:
+            chain(heads)
+            with ticket_conflicts(f"write entry for {name!r}"):
+                row = await (await aexecute(conn, query, params)).fetchone()
+            if row is not None:
+                self.remember_head(conn, name, heads[name])
+                return _written(entry, row)
+            logger.debug("the head of %r moved; locking it", name)
+        async with _transaction(conn):
+            heads = await _lock_heads(conn, [name])
+            chain(heads)
+            written = await self._redeem_and_write(conn, entry, query, params, ticket)
+        self.remember_head(conn, name, heads[name])
+        return written
+
     async def write(
         self,
         conn: psycopg.AsyncConnection[Any],
@@ -126,10 +158,11 @@ class AsyncOplog(OplogSettings):
             query = _sql.WRITE_ENTRY_METADATA if params["keys"] else _sql.WRITE_ENTRY_ALONE
             return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
         query = _sql.WRITE_CHAINED if params["keys"] else _sql.WRITE_CHAINED_ALONE
-        async with _transaction(conn):
-            heads = await _lock_heads(conn, [aggregate_name])
-            params["chain_seq"], params["chain_tag"] = self.chain_entry(heads, params)
-            return await self._redeem_and_write(conn, entry, query, params, params["ticket"])
+
+        def chain(heads: dict[str, tuple[int, bytes]]) -> None:
+            self.chain_entry(heads, params)
+
+        return await self._write_chained(conn, entry, query, params, params["ticket"], chain)
 
     async def apply(
         self,
@@ -157,9 +190,13 @@ class AsyncOplog(OplogSettings):
         entry, query, params, chain = self.prepare_apply(conn, aggregate_name, operations, metadata)
         if chain is None:
             return await self._redeem_and_write(conn, entry, query, params, params[0])
-        async with _transaction(conn):
-            chain.fill(self, await _lock_heads(conn, [aggregate_name]))
-            return await self._redeem_and_write(conn, entry, query, params, params[0])
+        # The head's check and the ticket come first in a chained apply's parameters.
+        ticket = params[5]
+
+        def fill(heads: dict[str, tuple[int, bytes]]) -> None:
+            chain.fill(self, heads)
+
+        return await self._write_chained(conn, entry, query, params, ticket, fill)
 
     async def write_many(
         self, conn: psycopg.AsyncConnection[Any], items: Iterable[BatchItem]
@@ -199,7 +236,10 @@ class AsyncOplog(OplogSettings):
         async with _transaction(conn):
             batch.heads = await _lock_heads(conn, batch.head_names)
             with ticket_conflicts("write a batch of entries"):
-                return await _send_batch(conn, batch)
+                ids = await _send_batch(conn, batch)
+        for name, head in batch.heads.items():
+            self.remember_head(conn, name, head)
+        return ids
 
     # --- reading and replaying ----------------------------------------------------------------
 
@@ -257,6 +297,7 @@ class AsyncOplog(OplogSettings):
         *,
         saved_heads: str | os.PathLike[str] | None = None,
         require_chain: bool = False,
+        contents: bool = True,
         on_entry: Callable[[], object] | None = None,
     ) -> VerifyReport:
         """Checks every stored entry: that it decrypts and decodes (with the log's catalog;
@@ -271,6 +312,9 @@ class AsyncOplog(OplogSettings):
             saved_heads: A file written by :meth:`save_heads`: every chain must still reach
                 the heads it holds (catches the newest entries deleted with their heads).
             require_chain: Report entries without a tag as problems (else only counted).
+            contents: Also decrypt and decode every entry. Without, only the tags, chains,
+                heads and copies are checked: about twice as fast, and a changed chained entry
+                is still found by its tag, but an unchained one goes unchecked.
             on_entry: Called after each entry (for progress).
 
         Returns:
@@ -286,35 +330,39 @@ class AsyncOplog(OplogSettings):
                 rows = await (await aexecute(conn, _sql.HEADS)).fetchall()
             heads = {name: (int(seq), bytes(tag)) for name, seq, tag in rows}
             check = ChainCheck(self.wrapper, heads, saved, require_chain=require_chain)
-            cursor = psycopg.AsyncServerCursor(conn, "oplog_verify", row_factory=tuple_row)
-            try:
-                await cursor.execute(_sql.VERIFY_ENTRIES)
-                while batch := await cursor.fetchmany(_VERIFY_BATCH):
-                    metadata = await _metadata(conn, [row[0] for row in batch])
-                    self._verify_rows(check, batch, group_digests(metadata), on_entry)
-            finally:
-                await cursor.close()
+            # Streamed: the server sends rows while the client checks the ones before.
+            cursor = psycopg.AsyncCursor(conn, row_factory=tuple_row)
+            batch: list[Any] = []
+            async for row in cursor.stream(_sql.VERIFY_ENTRIES, size=_STREAM_CHUNK):
+                batch.append(row)
+                if len(batch) == _VERIFY_BATCH:
+                    self._verify_rows(check, batch, contents, on_entry)
+                    batch = []
+            self._verify_rows(check, batch, contents, on_entry)
         return check.finish()
 
     def _verify_rows(
         self,
         check: ChainCheck,
         rows: list[Any],
-        digests: dict[int, bytes],
+        contents: bool,
         on_entry: Callable[[], object] | None,
     ) -> None:
         """Feeds a batch of VERIFY_ENTRIES rows to `check`, one aggregate's run at a time,
         decrypting and decoding each entry."""
         start = 0
+        digests: dict[int, bytes] = {}
         for index, row in enumerate(rows):
             id_, data = row[0], bytes(row[3])
             check.blob(id_, data)
-            problem = self.check_entry(data)
+            problem = self.check_entry(data) if contents else None
             if problem is not None:
                 kind, sentence = problem
                 check.report.problems.append(
                     VerifyProblem(kind, id_, row[1], f"entry {id_} {sentence}")
                 )
+            if row[6] is not None:
+                digests[id_] = check.metadata_digest(row[6], row[7])
             if on_entry is not None:
                 on_entry()
             if index + 1 == len(rows) or rows[index + 1][1] != row[1]:

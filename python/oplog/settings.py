@@ -91,6 +91,7 @@ class OplogSettings:
             self._tag_key = chain.tag_key(wrapper)
         except DecryptError:  # a MultiWrapper whose primary derives no keys
             self._tag_key = None
+        self._heads: dict[tuple[str, int, str, str], tuple[int, bytes]] = {}
 
     def tag_key(self) -> bytes | None:
         """The key of the tags of new entries, or None when the wrapper derives no keys (then
@@ -113,19 +114,44 @@ class OplogSettings:
             return "undecodable", f"does not decode: {exc}"
         return None
 
-    def chain_entry(
-        self, heads: dict[str, tuple[int, bytes]], params: dict[str, Any]
-    ) -> tuple[int, bytes]:
-        """The sequence and tag of one prepared entry (:meth:`prepare_write`'s params) on the
-        locked `heads`, which it advances."""
+    def chain_entry(self, heads: dict[str, tuple[int, bytes]], params: dict[str, Any]) -> None:
+        """Chains one prepared entry (:meth:`prepare_write`'s params) onto `heads`, which it
+        advances: sets the params' ``prev_tag``, ``chain_seq`` and ``chain_tag``."""
         assert self._tag_key is not None
         keys = params["keys"]
         digest = chain.metadata_digest(keys, params["values"]) if keys else chain.EMPTY_METADATA
+        name = params["aggregate_name"]
+        params["prev_tag"] = heads[name][1]
         seqs, tags = _core.chain_tags(
-            self._tag_key, params["key_id"], [params["aggregate_name"]], [params["data"]],
-            [digest], heads,
-        )  # fmt: skip
-        return seqs[0], tags[0]
+            self._tag_key, params["key_id"], [name], [params["data"]], [digest], heads
+        )
+        params["chain_seq"], params["chain_tag"] = seqs[0], tags[0]
+
+    # A writer's guess of each aggregate's head, by database: what it last wrote there. A
+    # chained write sends its entry on the guess and the statement checks it (see
+    # _sql.WRITE_CHAINED), so a writer that is the only one of its aggregates needs no round
+    # trip to learn the head; a wrong guess (another writer, a rollback) costs the round trip
+    # that locks the head, never a wrong chain.
+    _HEADS_KEPT = 65_536
+
+    def cached_head(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], aggregate: str
+    ) -> dict[str, tuple[int, bytes]] | None:
+        """The head last written to `aggregate` in `conn`'s database, as a heads dict."""
+        info = conn.info
+        head = self._heads.get((info.host, info.port, info.dbname, aggregate))
+        return None if head is None else {aggregate: head}
+
+    def remember_head(
+        self,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+        aggregate: str,
+        head: tuple[int, bytes],
+    ) -> None:
+        if len(self._heads) >= self._HEADS_KEPT:
+            self._heads.clear()
+        info = conn.info
+        self._heads[(info.host, info.port, info.dbname, aggregate)] = head
 
     def ticket_name(self, aggregate_name: str) -> str:
         """The ticket an aggregate name uses."""
@@ -176,7 +202,8 @@ class OplogSettings:
         check_classes(self.catalog, ops)
         # Composing needs only the connection's encoding; nothing is executed here.
         statements = Statements(conn, self.catalog)
-        parts = [b"with ", _sql.APPLY_TICKET]
+        chained = self._tag_key is not None
+        parts = [b"with ", _sql.APPLY_CHAINED_TICKET if chained else _sql.APPLY_TICKET]
         data_params: list[Any] = []
         touched: set[tuple[Any, ...]] = set()
         for op in ops:
@@ -190,20 +217,23 @@ class OplogSettings:
             parts += [b", d%d as (" % len(touched), query, b")"]
             data_params += params
         entry, p = self.prepare_write(aggregate_name, ops, metadata)
+        # Chained, the head's check and the chain's values are filled in once the head is
+        # known (ApplyChain.fill).
+        head_params = [None] * 5 + [p["ticket"]] if chained else []
         params = [
-            p["ticket"], *data_params, p["version"], p["aggregate_name"], p["data"], p["key_id"],
+            *head_params, p["ticket"], *data_params,
+            p["version"], p["aggregate_name"], p["data"], p["key_id"],
         ]  # fmt: skip
-        if self._tag_key is None:
-            parts.append(_sql.APPLY_ENTRY)
-        else:
-            # The chain's values, once the head is locked: see fill_apply_chain.
+        if chained:
             parts.append(_sql.APPLY_CHAINED_ENTRY)
-            params += [None, None, None, None, p["aggregate_name"], None]
+            params += [None, None]
+        else:
+            parts.append(_sql.APPLY_ENTRY)
         if p["keys"]:  # metadata rows, only when there are any (fewer parameters to adapt)
             parts.append(_sql.APPLY_METADATA)
             params += [p["keys"], p["values"]]
         parts.append(_sql.APPLY_RESULT)
-        chain = None if self._tag_key is None else ApplyChain(p, params, len(data_params) + 5)
+        chain = ApplyChain(p, params, 6 + 1 + len(data_params) + 4) if chained else None
         return entry, b"".join(parts), params, chain
 
     def prepare_batch(self, items: Iterable[BatchItem]) -> EntryBatch | None:
@@ -222,6 +252,8 @@ class ApplyChain:
         self.at = at
 
     def fill(self, log: OplogSettings, heads: dict[str, tuple[int, bytes]]) -> None:
-        seq, tag = log.chain_entry(heads, self.prepared)
-        name = self.prepared["aggregate_name"]
-        self.params[self.at : self.at + 6] = [seq, tag, seq, tag, name, seq]
+        p = self.prepared
+        log.chain_entry(heads, p)
+        seq, tag = p["chain_seq"], p["chain_tag"]
+        self.params[:5] = [seq, tag, p["aggregate_name"], seq, p["prev_tag"]]
+        self.params[self.at : self.at + 2] = [seq, tag]
