@@ -369,10 +369,14 @@ CONTENTION = [
     (1, "go-optimistic"),
     (1, "go-pessimistic"),
     (1, "write"),
+    (1, "write-untagged"),
     (1, "apply"),
+    (1, "apply-untagged"),
     (8, "bare"),
     (8, "write"),
+    (8, "write-untagged"),
     (8, "apply"),
+    (8, "apply-untagged"),
 ]
 _STYLES = {
     "bare": ("optimistic", "bare"),
@@ -380,6 +384,8 @@ _STYLES = {
     "go-pessimistic": ("pessimistic", "ticket-first"),
     "write": ("optimistic", "oplog"),
     "apply": ("optimistic", "apply"),
+    "write-untagged": ("optimistic", "oplog-untagged"),
+    "apply-untagged": ("optimistic", "apply-untagged"),
 }
 
 

@@ -12,7 +12,7 @@ import psycopg
 import oplog
 from oplog import Checkpoint
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
-from tests.db import CATALOG, WRAPPER
+from tests.db import CATALOG, WRAPPER, PlainWrapper
 
 _CONNECTIONS: dict[str, psycopg.Connection[Any]] = {}
 
@@ -68,7 +68,11 @@ def write_many(
     same (ticket, user row, entry with an encrypted blob made once) as a baseline. `reuse`
     writes on this process's long-lived connection instead of a new one.
     """
-    log = oplog.Oplog(WRAPPER, CATALOG, lock=lock)  # type: ignore[arg-type]
+    # "-untagged": the same, written without tags (a wrapper that derives no keys).
+    untagged = style.endswith("-untagged")
+    style = style.removesuffix("-untagged")
+    wrapper = PlainWrapper(WRAPPER) if untagged else WRAPPER
+    log = oplog.Oplog(wrapper, CATALOG, lock=lock)  # type: ignore[arg-type]
     rng = random.Random(worker)
     retries = 0
 
