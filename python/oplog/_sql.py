@@ -195,14 +195,14 @@ _BATCH_HEADS = """, head as (
 )"""
 
 
-def _batch_entries(gate: str, *, chained: bool) -> str:
+def _batch_entries(gate: str, *, chained: bool, heads: bool = True) -> str:
     return _BATCH_ENTRIES.format(
         gate=gate,
         chain_columns=", chain_seq, chain_tag" if chained else "",
         chain_values=", u.chain_seq, u.chain_tag" if chained else "",
         chain_arrays=", %(seqs)b::bigint[], %(tags)b::bytea[]" if chained else "",
         chain_names=", chain_seq, chain_tag" if chained else "",
-        head=_BATCH_HEADS if chained else "",
+        head=_BATCH_HEADS if chained and heads else "",
     )
 
 
@@ -224,10 +224,15 @@ WRITE_MANY_FIRST = (
 )
 WRITE_MANY_NEXT = "with " + _batch_entries(_TOKEN_GATE, chained=False)
 CHAINED_MANY = _BATCH_TICKETS + _batch_entries(_REDEEMED_ALL, chained=True)
+# A chunked batch advances the heads once, in its last chunk, to their values after the batch
+# (its chunks commit or fail together).
 CHAINED_MANY_FIRST = (
-    _BATCH_TICKETS + _ARMED + _batch_entries("exists (select from armed)", chained=True)
+    _BATCH_TICKETS
+    + _ARMED
+    + _batch_entries("exists (select from armed)", chained=True, heads=False)
 )
-CHAINED_MANY_NEXT = "with " + _batch_entries(_TOKEN_GATE, chained=True)
+CHAINED_MANY_NEXT = "with " + _batch_entries(_TOKEN_GATE, chained=True, heads=False)
+CHAINED_MANY_LAST = "with " + _batch_entries(_TOKEN_GATE, chained=True)
 
 # --- reading ------------------------------------------------------------------------------------
 

@@ -120,10 +120,13 @@ class EntryBatch:
         """A chunk's statement chained onto the heads (which it advances)."""
         assert self.tag_key is not None
         query, params = self._prepared[index]
+        last = end == self.size
         if not self.chunked:
             query = _sql.CHAINED_MANY
+        elif index == 0:
+            query = _sql.CHAINED_MANY_FIRST
         else:
-            query = _sql.CHAINED_MANY_FIRST if index == 0 else _sql.CHAINED_MANY_NEXT
+            query = _sql.CHAINED_MANY_LAST if last else _sql.CHAINED_MANY_NEXT
         aggregates = self.aggregates[start:end]
         digests: list[bytes] = []
         memo: dict[int, bytes] = {}
@@ -139,15 +142,16 @@ class EntryBatch:
             self.tag_key, params["key_id"], aggregates, self._blobs[index], digests,
             self.heads,
         )  # fmt: skip
-        names = sorted(set(aggregates))
         params = {
             **params,
             "seqs": pgarray.Int8Array.of(seqs),
             "tags": pgarray.ByteaArray.of(tags),
-            "head_names": pgarray.TextArray.of(names),
-            "head_seqs": pgarray.Int8Array.of([self.heads[n][0] for n in names]),
-            "head_tags": pgarray.ByteaArray.of([self.heads[n][1] for n in names]),
         }
+        if last:  # every head of the batch, as it stands after the batch
+            names = sorted(self.heads)
+            params["head_names"] = pgarray.TextArray.of(names)
+            params["head_seqs"] = pgarray.Int8Array.of([self.heads[n][0] for n in names])
+            params["head_tags"] = pgarray.ByteaArray.of([self.heads[n][1] for n in names])
         return query, params
 
     def _params(self, start: int, end: int) -> dict[str, Any]:

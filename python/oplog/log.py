@@ -121,6 +121,7 @@ class Oplog(OplogSettings):
                 self.remember_head(conn, name, heads[name])
                 return _written(entry, row)
             logger.debug("the head of %r moved; locking it", name)
+            self.head_was_stale(conn, name)
         with _transaction(conn):
             heads = _lock_heads(conn, [name])
             chain(heads)

@@ -122,6 +122,7 @@ class AsyncOplog(OplogSettings):
                 self.remember_head(conn, name, heads[name])
                 return _written(entry, row)
             logger.debug("the head of %r moved; locking it", name)
+            self.head_was_stale(conn, name)
         async with _transaction(conn):
             heads = await _lock_heads(conn, [name])
             chain(heads)

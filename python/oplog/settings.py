@@ -92,6 +92,7 @@ class OplogSettings:
         except DecryptError:  # a MultiWrapper whose primary derives no keys
             self._tag_key = None
         self._heads: dict[tuple[str, int, str, str], tuple[int, bytes]] = {}
+        self._stale: dict[tuple[str, int, str, str], int] = {}
 
     def tag_key(self) -> bytes | None:
         """The key of the tags of new entries, or None when the wrapper derives no keys (then
@@ -133,14 +134,31 @@ class OplogSettings:
     # trip to learn the head; a wrong guess (another writer, a rollback) costs the round trip
     # that locks the head, never a wrong chain.
     _HEADS_KEPT = 65_536
+    _LOCK_AFTER_STALE = 16  # writes
 
     def cached_head(
         self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], aggregate: str
     ) -> dict[str, tuple[int, bytes]] | None:
-        """The head last written to `aggregate` in `conn`'s database, as a heads dict."""
+        """The head last written to `aggregate` in `conn`'s database, as a heads dict; None
+        when unknown, or for the next few writes after a guess turned out stale (a contended
+        aggregate: a wrong guess costs a round trip that waits for the other writer)."""
         info = conn.info
-        head = self._heads.get((info.host, info.port, info.dbname, aggregate))
+        key = (info.host, info.port, info.dbname, aggregate)
+        skip = self._stale.get(key)
+        if skip:
+            self._stale[key] = skip - 1
+            return None
+        head = self._heads.get(key)
         return None if head is None else {aggregate: head}
+
+    def head_was_stale(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], aggregate: str
+    ) -> None:
+        """Notes that the guess of `aggregate`'s head was stale: lock it first for a while."""
+        if len(self._stale) >= self._HEADS_KEPT:
+            self._stale.clear()
+        info = conn.info
+        self._stale[(info.host, info.port, info.dbname, aggregate)] = self._LOCK_AFTER_STALE
 
     def remember_head(
         self,
