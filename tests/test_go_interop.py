@@ -188,6 +188,10 @@ def _check_go_entries(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction(force_rollback=True):
         assert GO_LOG.replay(conn, "_replayed") == 4
         assert rows(conn, "users_replayed") == rows(conn, "users") == LIVE_USERS
+    # Untagged (the Go original has no chains): counted, not blamed.
+    report = GO_LOG.verify(conn)
+    conn.rollback()
+    assert (report.problems, report.chained, report.unchained) == ([], 0, 4)
 
 
 def test_a_database_of_the_go_original_is_adopted_in_place(boundary_dsn: str) -> None:
@@ -227,6 +231,19 @@ def test_the_go_writer_writes_into_an_oplog_database(pg: Server) -> None:
             for aggregate, data, meta in go_entries():
                 go_write(conn, aggregate, data, meta)
             _check_go_entries(conn)
+            # oplog's own entries chain on after the Go writer's, in the same aggregate.
+            aggregate = go_entries()[0][0]
+            update = oplog.Operation(
+                TestUser(id=1, name="n"), "user", oplog.OpType.UPDATE, ("name",)
+            )
+            GO_LOG.write(conn, aggregate, [update])
+            conn.commit()
+            go_write(conn, aggregate, GO_WRAPPER.encrypt(_go_queue("delete")), [])
+            GO_LOG.write(conn, aggregate, [update])
+            conn.commit()
+            report = GO_LOG.verify(conn, require_chain=False)
+            assert (report.problems, report.chained, report.unchained) == ([], 2, 5)
+            assert report.heads[aggregate][0] == 2
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_go_writer with (force)")

@@ -46,6 +46,9 @@ def _check_log(conn: psycopg.Connection[Any], expected: int) -> None:
         for op in entry.unmarshal_data(CATALOG)
     ]
     assert sorted(logged) == sorted(data), "the log and the data disagree"
+    report = oplog.Oplog(WRAPPER, CATALOG).verify(conn)
+    assert report.problems == [], "the chains are not whole"
+    conn.rollback()
 
 
 HOT = ["hot"]
