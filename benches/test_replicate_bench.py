@@ -206,11 +206,14 @@ def test_logical_replication_rate(benchmark: BenchmarkFixture) -> None:
         sub.execute("drop subscription bench")
 
 
-@pytest.mark.parametrize("log", ["creates", "mixed"])
+@pytest.mark.parametrize("log", ["creates", "mixed", "creates-with-log"])
 def test_replicate_rate(
     benchmark: BenchmarkFixture, bench_dsn: str, target_dsn: str, log: str
 ) -> None:
-    """Oplog.replicate of the whole log into a second database, from the start."""
+    """Oplog.replicate of the whole log into a second database, from the start ("with-log":
+    copying the entries too, copy_log=True)."""
+    copy_log = log.endswith("-with-log")
+    log = log.removesuffix("-with-log")
     benchmark.group = f"6. replication, {log} log"
     n = _entries(benchmark)
     benchmark.extra_info["entries"] = n
@@ -220,7 +223,9 @@ def test_replicate_rate(
 
     def reset_target() -> tuple[tuple[Any, ...], dict[str, Any]]:
         with psycopg.connect(target_dsn, autocommit=True) as conn:
-            conn.execute("truncate users, oplog_consumer")
+            conn.execute(
+                "truncate users, oplog_consumer, oplog_entry, oplog_metadata, oplog_chain_head"
+            )
         return (f"c{next(consumers)}",), {}
 
     def replicate(consumer: str) -> int:
@@ -228,7 +233,7 @@ def test_replicate_rate(
             psycopg.connect(bench_dsn, autocommit=True) as source,
             psycopg.connect(target_dsn) as target,
         ):
-            return LOG.replicate(source, target, consumer, follow=False)
+            return LOG.replicate(source, target, consumer, follow=False, copy_log=copy_log)
 
     benchmark.pedantic(replicate, setup=reset_target, rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
     with psycopg.connect(target_dsn) as target:

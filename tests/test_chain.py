@@ -10,8 +10,10 @@ import hashlib
 import hmac
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ from oplog import _core, aio
 from oplog.chain import EMPTY_METADATA, SavedHeads, metadata_digest, tag_key
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import workers
-from tests.db import CATALOG, KEY, UNCHAINED, WRAPPER, batch_items, user_create
+from tests.db import CATALOG, KEY, TEST_TABLES, UNCHAINED, WRAPPER, batch_items, user_create
+from tests.pg import Server
 
 LOG = oplog.Oplog(WRAPPER, CATALOG)
 
@@ -181,18 +184,43 @@ def test_an_untampered_log_verifies_clean(
     }
 
 
+def _key_file(tmp_path: Path) -> Path:
+    """The test key in a key file for the command line."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps({"keys": [{"id": WRAPPER.key_id, "key": base64.b64encode(KEY).decode()}]})
+    )
+    keys.chmod(0o600)
+    return keys
+
+
+def _cli_verify(dsn: str, keys: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oplog", "verify", "--dsn", dsn, "--key-file", str(keys), *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_kind_of_tampering_is_found_and_named(
-    conn: psycopg.Connection[Any], written: dict[str, list[int]], case: str
+    conn: psycopg.Connection[Any],
+    written: dict[str, list[int]],
+    case: str,
+    dsn: str,
+    tmp_path: Path,
 ) -> None:
     """Each tampering the issue lists, on a fresh log, is reported with its kind and the entry
-    (or the aggregate) it is at."""
+    (or the aggregate) it is at, by the API and by `oplog verify --json` (exit 1)."""
     tamper, expected = CASES[case]
     _tamper(conn, *tamper(written))
     report = LOG.verify(conn)
     conn.rollback()
     assert not report.ok
     assert expected(written) <= _found(report), report.problems
+    result = _cli_verify(dsn, _key_file(tmp_path), "--json")
+    assert result.returncode == 1, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(p["kind"], p["entry"], p["aggregate"]) for p in lines[:-1]} == _found(report)
 
 
 def test_the_cli_names_the_problem_and_exits_1(
@@ -200,19 +228,11 @@ def test_the_cli_names_the_problem_and_exits_1(
 ) -> None:
     """`oplog verify` exits 1 on a deleted entry, naming the aggregate, the missing sequence and
     the kind, in text and JSON; on the clean log it exits 0."""
-    keys = tmp_path / "keys.json"
-    keys.write_text(
-        json.dumps({"keys": [{"id": WRAPPER.key_id, "key": base64.b64encode(KEY).decode()}]})
-    )
-    keys.chmod(0o600)
+    keys = _key_file(tmp_path)
     conn.commit()
 
     def verify(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "oplog", "verify", "--dsn", dsn, "--key-file", str(keys),
-             *args],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        return _cli_verify(dsn, keys, *args)
 
     clean = verify()
     assert clean.returncode == 0, clean.stderr
@@ -243,13 +263,17 @@ def test_a_chains_only_verify_finds_changes_by_their_tags(
 
 
 def test_saved_heads_catch_entries_deleted_with_their_head(
-    conn: psycopg.Connection[Any], written: dict[str, list[int]], tmp_path: Path
+    conn: psycopg.Connection[Any], written: dict[str, list[int]], tmp_path: Path, dsn: str
 ) -> None:
     """Deleting the newest entries and rolling their head back passes a plain verify; against
-    heads saved before, it is reported; a changed heads file is refused."""
+    heads saved before (by `oplog verify --save-heads`), the API and `--heads` report it; a
+    changed heads file is refused."""
     heads = tmp_path / "heads.json"
-    assert LOG.save_heads(conn, heads).ok
+    keys = _key_file(tmp_path)
     conn.commit()
+    saved = _cli_verify(dsn, keys, "--save-heads", str(heads))
+    assert saved.returncode == 0, saved.stderr
+    assert SavedHeads.load(heads, WRAPPER) == LOG.verify(conn).heads
     d = written["d"]
     _tamper(
         conn,
@@ -260,6 +284,9 @@ def test_saved_heads_catch_entries_deleted_with_their_head(
     assert LOG.verify(conn).ok  # the database alone cannot tell
     report = LOG.verify(conn, saved_heads=heads)
     assert _found(report) == {("saved-head", None, "d")}
+    result = _cli_verify(dsn, keys, "--heads", str(heads))
+    assert result.returncode == 1
+    assert "saved-head: 'd' ends at sequence" in result.stderr
     body = json.loads(heads.read_text())
     body["heads"]["d"][0] -= 2
     heads.write_text(json.dumps(body))
@@ -362,3 +389,58 @@ def test_concurrent_writers_leave_whole_chains(
     assert report.problems == []
     assert (report.entries, report.chained, report.unchained) == (written, written, 0)
     assert sum(seq for seq, _ in report.heads.values()) == written
+
+
+def test_a_replica_with_the_log_verifies_as_the_source(
+    conn: psycopg.Connection[Any], pg: Server, dsn: str
+) -> None:
+    """replicate(copy_log=True) copies blobs, metadata and chains: the replica's log verifies
+    clean with the source's heads, and tampering there is found as on the source; `oplog
+    replicate --with-log` does the same."""
+
+    def create(i: int) -> oplog.Operation:
+        return oplog.Operation(TestUser(id=i, name=f"u{i}"), "user", oplog.OpType.CREATE)
+
+    LOG.write_many(conn, [(f"r{i % 3}", [create(i)], {"m": str(i)} if i % 2 else None)
+                          for i in range(1, 301)])  # fmt: skip
+    conn.commit()
+    for i in range(301, 305):
+        (UNCHAINED if i % 2 else LOG).write(conn, "r1", [create(i)], {"k": []})
+        conn.commit()
+    target_dsn = _fresh_database(pg, "t_chain_replica")
+    with psycopg.connect(dsn, autocommit=True) as source, psycopg.connect(target_dsn) as target:
+        applied = LOG.replicate(source, target, copy_log=True, follow=False, batch_size=100)
+        assert applied == sum(len(ids) for ids in written.values())
+        mine, theirs = LOG.verify(conn), LOG.verify(target)
+        assert theirs.problems == []
+        assert theirs.heads == mine.heads
+        assert (theirs.entries, theirs.chained, theirs.unchained) == (304, 302, 2)
+        assert (mine.entries, mine.chained, mine.unchained) == (304, 302, 2)
+        middle = target.execute(
+            "select id from oplog_entry where aggregate_name = 'r2' and chain_seq = 3"
+        ).fetchone()
+        assert middle is not None
+        target.commit()
+        _tamper(target, f"delete from oplog_entry where id = {middle[0]}")
+        assert {p.kind for p in LOG.verify(target).problems} == {"missing"}
+    other = _fresh_database(pg, "t_chain_replica_cli")
+    env = {**os.environ, "OPLOG_KEY_FILE": str(_key_file(Path(tempfile.mkdtemp())))}
+    result = subprocess.run(
+        [sys.executable, "-m", "oplog", "replicate", "--dsn", dsn, "--to", other, "--once",
+         "--with-log", "--types", "tests.db:CATALOG"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(other) as replica:
+        assert LOG.verify(replica).heads == LOG.verify(conn).heads
+
+
+def _fresh_database(pg: Server, name: str) -> str:
+    """A new database `name` with oplog migrated and the test tables."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute(f"drop database if exists {name} with (force)")
+        admin.execute(f"create database {name}")
+    with psycopg.connect(pg.dsn_for(name), autocommit=True) as new:
+        oplog.migrate(new)
+        new.execute(TEST_TABLES.encode())
+    return pg.dsn_for(name)

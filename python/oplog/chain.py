@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oplog import _core
+from oplog import _core, pgarray
+from oplog.entry import Entry, metadata_rows
 from oplog.errors import DecryptError, InvalidParameterError, OplogError
 from oplog.wrapping import KeyDeriving, Wrapper
 
@@ -433,3 +434,44 @@ def group_digests(rows: Iterable[Sequence[Any]]) -> dict[int, bytes]:
         keys.append(key)
         values.append(value)
     return {entry_id: metadata_digest(*kv) for entry_id, kv in grouped.items()}
+
+
+def copy_params(
+    entries: Sequence[Entry], chain: dict[int, tuple[int | None, bytes | None]]
+) -> dict[str, Any]:
+    """The parameters of ``_sql.COPY_ENTRIES`` for a page of entries read from the source, with
+    `chain` (entry id -> its stored sequence and tag): what a replica needs to verify its copy
+    of the log as the source's."""
+    seqs: list[str | None] = []
+    tags: list[bytes | None] = []
+    meta_ord: list[int] = []
+    keys: list[str] = []
+    values: list[str | None] = []
+    heads: dict[str, tuple[int, bytes]] = {}
+    for ord_, entry in enumerate(entries, start=1):
+        if entry.blob is None or entry.id is None:
+            raise InvalidParameterError("copying the log needs entries as read from the source")
+        seq, tag = chain.get(entry.id, (None, None))
+        seqs.append(None if seq is None else str(seq))
+        tags.append(None if tag is None else bytes(tag))
+        if seq is not None and tag is not None:
+            heads[entry.aggregate_name] = (seq, bytes(tag))  # entries come in chain order
+        k, v = metadata_rows(entry.metadata)
+        meta_ord += [ord_] * len(k)
+        keys += k
+        values += v
+    names = sorted(heads)
+    return {
+        "versions": pgarray.TextArray.of([e.format_version for e in entries]),
+        "aggregates": pgarray.TextArray.of([e.aggregate_name for e in entries]),
+        "datas": pgarray.ByteaArray.of([bytes(e.blob) for e in entries if e.blob is not None]),
+        "key_ids": pgarray.TextArray.of([e.key_id for e in entries]),
+        "seqs": pgarray.TextArray.of(seqs),
+        "tags": pgarray.ByteaArray.of(tags),
+        "meta_ord": pgarray.Int8Array.of(meta_ord),
+        "keys": pgarray.TextArray.of(keys),
+        "values": pgarray.TextArray.of(values),
+        "head_names": pgarray.TextArray.of(names),
+        "head_seqs": pgarray.Int8Array.of([heads[n][0] for n in names]),
+        "head_tags": pgarray.ByteaArray.of([heads[n][1] for n in names]),
+    }

@@ -732,6 +732,7 @@ def cmd_replicate(ctx: Context) -> int:
                     source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
                     poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
                     follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
+                    copy_log=ctx.args.with_log,
                 )  # fmt: skip
             finally:
                 progress.end()
@@ -1000,6 +1001,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", metavar="DSN", help="source (default: --dsn)")
     p.add_argument("--to", dest="target", metavar="DSN", required=True, help="target database")
     p.add_argument("--consumer", default="replica", help="position name in the target")
+    p.add_argument(
+        "--with-log",
+        action="store_true",
+        help="also copy the entries (blobs, metadata, chains), so that verify works on the target",
+    )
     p.add_argument("--once", action="store_true", help="stop when caught up")
     p.add_argument(
         "--partition",

@@ -128,6 +128,9 @@ class Entry:
     __slots__ = (
         "_encrypted",
         "aggregate_name",
+        "blob",
+        "chain_seq",
+        "chain_tag",
         "create_time",
         "data",
         "format_version",
@@ -162,6 +165,11 @@ class Entry:
         self.key_id = wrapper.key_id if wrapper is not None else ""
         self.data = b""
         self._encrypted = False
+        # As stored: the blob read (data may since be decrypted), the chain's sequence and tag
+        # (oplog.chain) when known.
+        self.blob: bytes | None = None
+        self.chain_seq: int | None = None
+        self.chain_tag: bytes | None = None
 
     @classmethod
     def from_row(
@@ -188,6 +196,9 @@ class Entry:
         entry.key_id = key_id
         entry.data = data
         entry._encrypted = True
+        entry.blob = data
+        entry.chain_seq = None
+        entry.chain_tag = None
         return entry
 
     @property

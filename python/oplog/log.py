@@ -27,7 +27,7 @@ from oplog._compat import NO_BLOCK, Event, sleep, wait_event
 from oplog._db import execute
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
-from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport
+from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
 from oplog.checkpoint import (
     Checkpoint,
     TailCursor,
@@ -526,11 +526,18 @@ class Oplog(OplogSettings):
         follow: bool = True,
         on_commit: Callable[[int, Checkpoint], object] | None = None,
         partition: tuple[int, int] | None = None,
+        copy_log: bool = False,
     ) -> int:
         """Applies every entry of the log on `source` to the same tables on `target` (replay
         without a suffix), exactly once and in commit order: :meth:`consume` with a replaying
         `apply`, a page at a time and set-based. `target` needs oplog's tables
         (:func:`oplog.migrate`) and the replicated tables. Options as in :meth:`consume`.
+
+        With `copy_log`, the entries themselves are copied too, in the same transaction: their
+        blobs, key ids, metadata and chain values as the source stores them, and each
+        aggregate's head, so that :meth:`verify` on `target` checks the replica's log as it
+        would the source's (ids and times are the replica's own). The replica's log is then
+        for verifying: write nothing else into its aggregates.
 
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
@@ -541,6 +548,8 @@ class Oplog(OplogSettings):
         def replay(conn: psycopg.Connection[Any], entries: list[Entry]) -> None:
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
             replayer.apply_entries(entries, catalog)
+            if copy_log and entries:
+                _copy_log(source, conn, entries)
 
         return self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
@@ -626,6 +635,20 @@ def _send_batch(conn: psycopg.Connection[Any], batch: EntryBatch) -> list[int]:
                 for statement in block.undo:
                     execute(conn, statement)
         raise
+
+
+def _copy_log(
+    source: psycopg.Connection[Any], target: psycopg.Connection[Any], entries: list[Entry]
+) -> None:
+    """Copies a page of entries read from `source` into `target`'s log (replicate's
+    copy_log), with their chain values read from `source`."""
+    with requiring_migration(5):
+        found = execute(source, _sql.CHAIN_OF, ([e.id for e in entries],))
+        rows = found.fetchall()
+    chain = {int(id_): (seq, tag) for id_, seq, tag in rows}
+    pgarray.register(target)
+    with requiring_migration(5):
+        execute(target, _sql.COPY_ENTRIES, copy_params(entries, chain))
 
 
 def _transaction(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:

@@ -32,8 +32,8 @@ class ByteaArray(bytes):
     """A packed ``bytea[]``."""
 
     @classmethod
-    def of(cls, items: Sequence[bytes]) -> ByteaArray:
-        """Packs `items`."""
+    def of(cls, items: Sequence[bytes | None]) -> ByteaArray:
+        """Packs `items` (None is NULL)."""
         return cls(_core.pack_array(items, True))
 
 
