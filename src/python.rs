@@ -869,6 +869,36 @@ fn utf8_at(list: &Bound<'_, PyList>, index: usize, what: &str) -> PyResult<Arc<s
     utf8_of(s)
 }
 
+/// The per-entry lists a tag is computed from.
+struct EntryLists<'a, 'py> {
+    key_id: &'a str,
+    datas: &'a Bound<'py, PyList>,
+    metadata_digests: &'a Bound<'py, PyList>,
+}
+
+impl EntryLists<'_, '_> {
+    /// The tag of the entry at `index` with sequence `seq` after the tag `prev`.
+    fn tag(
+        &self,
+        tag_key: &TagKey,
+        aggregate: &str,
+        index: usize,
+        seq: u64,
+        prev: &[u8],
+    ) -> PyResult<[u8; crate::chain::TAG_SIZE]> {
+        let data = bytes_at(self.datas, index, "data")?;
+        let digest = bytes_at(self.metadata_digests, index, "a metadata digest")?;
+        Ok(tag_key.tag(&TagInput {
+            aggregate: aggregate.as_bytes(),
+            key_id: self.key_id.as_bytes(),
+            data: data.as_bytes(),
+            metadata_digest: digest.as_bytes(),
+            seq,
+            prev,
+        }))
+    }
+}
+
 fn check_lengths(lists: &[&Bound<'_, PyList>]) -> PyResult<usize> {
     let size = lists[0].len();
     if lists.iter().any(|list| list.len() != size) {
@@ -901,17 +931,13 @@ fn chain_tags<'py>(
             InvalidParameterError::new_err(format!("no chain head for aggregate {aggregate:?}"))
         })?;
         let (seq, prev): (u64, Bound<'py, PyBytes>) = head.extract()?;
-        let data = bytes_at(datas, index, "data")?;
-        let digest = bytes_at(metadata_digests, index, "a metadata digest")?;
         let next = seq + 1;
-        let tag = tag_key.tag(&TagInput {
-            aggregate: aggregate.as_bytes(),
-            key_id: key_id.as_bytes(),
-            data: data.as_bytes(),
-            metadata_digest: digest.as_bytes(),
-            seq: next,
-            prev: prev.as_bytes(),
-        });
+        let entry = EntryLists {
+            key_id,
+            datas,
+            metadata_digests,
+        };
+        let tag = entry.tag(&tag_key, &aggregate, index, next, prev.as_bytes())?;
         let tag = PyBytes::new(py, &tag);
         heads.set_item(&name, (next, &tag))?;
         seqs.append(next)?;
@@ -941,17 +967,13 @@ fn entry_tags<'py>(
     let tags = PyList::empty(py);
     for (index, seq) in seqs.into_iter().enumerate() {
         let aggregate = utf8_at(aggregates, index, "an aggregate name")?;
-        let data = bytes_at(datas, index, "data")?;
-        let digest = bytes_at(metadata_digests, index, "a metadata digest")?;
         let prev = bytes_at(prevs, index, "a previous tag")?;
-        let tag = tag_key.tag(&TagInput {
-            aggregate: aggregate.as_bytes(),
-            key_id: key_id.as_bytes(),
-            data: data.as_bytes(),
-            metadata_digest: digest.as_bytes(),
-            seq,
-            prev: prev.as_bytes(),
-        });
+        let entry = EntryLists {
+            key_id,
+            datas,
+            metadata_digests,
+        };
+        let tag = entry.tag(&tag_key, &aggregate, index, seq, prev.as_bytes())?;
         tags.append(PyBytes::new(py, &tag))?;
     }
     Ok(tags)

@@ -108,34 +108,6 @@ HEADS = "select aggregate_name, seq, tag from oplog_chain_head"
 # The chain values of the entries with the given ids (for a replica's copy of the log).
 CHAIN_OF = "select id, chain_seq, chain_tag from oplog_entry where id = any(%s)"
 
-# A replica's copy of a page of entries (Oplog.replicate with copy_log): the blobs, key ids and
-# chain values as the source stores them, the metadata, and each aggregate's head advanced to
-# the page's last chained entry. Ids and times are the replica's own.
-COPY_ENTRIES = """
-with entry as (
-  insert into oplog_entry (version, aggregate_name, data, key_id, chain_seq, chain_tag)
-  select u.version, u.aggregate_name, u.data, u.key_id, u.chain_seq::bigint, u.chain_tag
-  from unnest(%(versions)b::text[], %(aggregates)b::text[], %(datas)b::bytea[],
-              %(key_ids)b::text[], %(seqs)b::text[], %(tags)b::bytea[])
-    with ordinality as u (version, aggregate_name, data, key_id, chain_seq, chain_tag, ord)
-  order by u.ord
-  returning id
-), numbered as (
-  select id, row_number() over (order by id) as ord from entry
-), metadata as (
-  insert into oplog_metadata (entry_id, key, value)
-  select n.id, m.key, m.value
-  from unnest(%(meta_ord)b::bigint[], %(keys)b::text[], %(values)b::text[]) as m (ord, key, value)
-  join numbered n on n.ord = m.ord
-), head as (
-  insert into oplog_chain_head as h (aggregate_name, seq, tag)
-  select * from unnest(%(head_names)b::text[], %(head_seqs)b::bigint[], %(head_tags)b::bytea[])
-  on conflict (aggregate_name) do update
-  set seq = excluded.seq, tag = excluded.tag, update_time = current_timestamp
-  where h.seq < excluded.seq
-)
-select count(*) from entry
-"""
 
 # Every entry for verification with its metadata (as two arrays, or NULLs), each aggregate's
 # chain in sequence order, the unchained last.
@@ -199,6 +171,16 @@ with redeemed as (
   on conflict (name) do update set {ADVANCE_TICKET}
   returning id
 ), """
+# The metadata of a batch's entries: `meta_ord` numbers each row's entry in input order, and the
+# entries' ids ascend with it.
+_NUMBERED_METADATA = """), numbered as (
+  select id, row_number() over (order by id) as ord from entry
+), metadata as (
+  insert into oplog_metadata (entry_id, key, value)
+  select n.id, m.key, m.value
+  from unnest(%(meta_ord)b::bigint[], %(keys)b::text[], %(values)b::text[]) as m (ord, key, value)
+  join numbered n on n.ord = m.ord
+)"""
 _BATCH_ENTRIES = """entry as (
   insert into oplog_entry (version, aggregate_name, data, key_id{chain_columns})
   select %(version)b::text, u.aggregate_name, u.data, %(key_id)b::text{chain_values}
@@ -207,14 +189,7 @@ _BATCH_ENTRIES = """entry as (
   where {gate}
   order by u.ord
   returning id
-), numbered as (
-  select id, row_number() over (order by id) as ord from entry
-), metadata as (
-  insert into oplog_metadata (entry_id, key, value)
-  select n.id, m.key, m.value
-  from unnest(%(meta_ord)b::bigint[], %(keys)b::text[], %(values)b::text[]) as m (ord, key, value)
-  join numbered n on n.ord = m.ord
-){head}
+{numbered_metadata}{head}
 select id from numbered order by ord
 """
 # Chained, each chunk advances the heads of its aggregates to their last entry in it.
@@ -235,6 +210,7 @@ def _batch_entries(gate: str, *, chained: bool, heads: bool = True) -> str:
         chain_arrays=", %(seqs)b::bigint[], %(tags)b::bytea[]" if chained else "",
         chain_names=", chain_seq, chain_tag" if chained else "",
         head=_BATCH_HEADS if chained and heads else "",
+        numbered_metadata=_NUMBERED_METADATA,
     )
 
 
@@ -265,6 +241,28 @@ CHAINED_MANY_FIRST = (
 )
 CHAINED_MANY_NEXT = "with " + _batch_entries(_TOKEN_GATE, chained=True, heads=False)
 CHAINED_MANY_LAST = "with " + _batch_entries(_TOKEN_GATE, chained=True)
+
+# A replica's copy of a page of entries (Oplog.replicate with copy_log): the blobs, key ids and
+# chain values as the source stores them, the metadata, and each aggregate's head advanced to
+# the page's last chained entry. Ids and times are the replica's own.
+COPY_ENTRIES = f"""
+with entry as (
+  insert into oplog_entry (version, aggregate_name, data, key_id, chain_seq, chain_tag)
+  select u.version, u.aggregate_name, u.data, u.key_id, u.chain_seq::bigint, u.chain_tag
+  from unnest(%(versions)b::text[], %(aggregates)b::text[], %(datas)b::bytea[],
+              %(key_ids)b::text[], %(seqs)b::text[], %(tags)b::bytea[])
+    with ordinality as u (version, aggregate_name, data, key_id, chain_seq, chain_tag, ord)
+  order by u.ord
+  returning id
+{_NUMBERED_METADATA}, head as (
+  insert into oplog_chain_head as h (aggregate_name, seq, tag)
+  select * from unnest(%(head_names)b::text[], %(head_seqs)b::bigint[], %(head_tags)b::bytea[])
+  on conflict (aggregate_name) do update
+  set seq = excluded.seq, tag = excluded.tag, update_time = current_timestamp
+  where h.seq < excluded.seq
+)
+select count(*) from entry
+"""
 
 # --- reading ------------------------------------------------------------------------------------
 

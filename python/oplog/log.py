@@ -85,8 +85,7 @@ class Oplog(OplogSettings):
         create time); the first time an aggregate is seen, creates its ticket and runs it
         again (the statement changes nothing without the ticket)."""
         for first in (True, False):
-            with ticket_conflicts(f"write entry for {entry.aggregate_name!r}"):
-                row = execute(conn, query, params).fetchone()
+            row = _write_entry(conn, entry, query, params)
             if row is not None:
                 return _written(entry, row)
             if first:
@@ -115,8 +114,7 @@ class Oplog(OplogSettings):
         heads = self.cached_head(conn, name)
         if heads is not None:
             chain(heads)
-            with ticket_conflicts(f"write entry for {name!r}"):
-                row = execute(conn, query, params).fetchone()
+            row = _write_entry(conn, entry, query, params)
             if row is not None:
                 self.remember_head(conn, name, heads[name])
                 return _written(entry, row)
@@ -635,6 +633,15 @@ def _send_batch(conn: psycopg.Connection[Any], batch: EntryBatch) -> list[int]:
                 for statement in block.undo:
                     execute(conn, statement)
         raise
+
+
+def _write_entry(
+    conn: psycopg.Connection[Any], entry: Entry, query: str | bytes, params: Any
+) -> Any:
+    """Runs a statement that writes `entry`; its (id, create_time) row, or None when it wrote
+    nothing (no ticket, or a stale head)."""
+    with ticket_conflicts(f"write entry for {entry.aggregate_name!r}"):
+        return execute(conn, query, params).fetchone()
 
 
 def _copy_log(

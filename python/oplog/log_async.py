@@ -86,8 +86,7 @@ class AsyncOplog(OplogSettings):
         create time); the first time an aggregate is seen, creates its ticket and runs it
         again (the statement changes nothing without the ticket)."""
         for first in (True, False):
-            with ticket_conflicts(f"write entry for {entry.aggregate_name!r}"):
-                row = await (await aexecute(conn, query, params)).fetchone()
+            row = await _write_entry(conn, entry, query, params)
             if row is not None:
                 return _written(entry, row)
             if first:
@@ -116,8 +115,7 @@ class AsyncOplog(OplogSettings):
         heads = self.cached_head(conn, name)
         if heads is not None:
             chain(heads)
-            with ticket_conflicts(f"write entry for {name!r}"):
-                row = await (await aexecute(conn, query, params)).fetchone()
+            row = await _write_entry(conn, entry, query, params)
             if row is not None:
                 self.remember_head(conn, name, heads[name])
                 return _written(entry, row)
@@ -640,6 +638,15 @@ async def _send_batch(conn: psycopg.AsyncConnection[Any], batch: EntryBatch) -> 
                 for statement in block.undo:
                     await aexecute(conn, statement)
         raise
+
+
+async def _write_entry(
+    conn: psycopg.AsyncConnection[Any], entry: Entry, query: str | bytes, params: Any
+) -> Any:
+    """Runs a statement that writes `entry`; its (id, create_time) row, or None when it wrote
+    nothing (no ticket, or a stale head)."""
+    with ticket_conflicts(f"write entry for {entry.aggregate_name!r}"):
+        return await (await aexecute(conn, query, params)).fetchone()
 
 
 async def _copy_log(
