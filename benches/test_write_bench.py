@@ -26,7 +26,7 @@ from benches.conftest import alternating
 from oplog import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import workers
-from tests.db import CATALOG, WRAPPER
+from tests.db import CATALOG, UNCHAINED, WRAPPER
 
 METADATA = {"source": ["bench"], "host": ["bench-1"]}
 BATCH = 1000
@@ -262,7 +262,7 @@ def test_batch_migration_cost(
     benchmark.group = "5. batch of 1000 entries: cost of migrations 2 and 3"
     benchmark.extra_info["entries"] = BATCH
     oplog.migrate_down(conn, target=schema)
-    log = oplog.Oplog(WRAPPER, CATALOG)
+    log = UNCHAINED  # tags need migration 5
     benchmark(log.write_many, conn, _batch_items())
 
 
@@ -273,7 +273,7 @@ def test_batch_xact_id_check_alternating(
     xact_id) against the same on a second database at migration 2, alternating call by call
     (see conftest.alternating): the ratio is the check's cost (1.00x = none)."""
     benchmark.group = "5. batch of 1000 entries: cost of migrations 2 and 3"
-    log = oplog.Oplog(WRAPPER, CATALOG)
+    log = UNCHAINED  # tags need migration 5
     items = _batch_items()
     with psycopg.connect(bench_dsn, autocommit=True) as admin:
         name = str(admin.info.dbname) + "_m2"
