@@ -120,6 +120,8 @@ class Entry:
         create_time: When the row was inserted, once written or read.
         key_id: The id of the key the data is (or will be) encrypted with.
         data: The plaintext queue, or the encrypted blob after :meth:`encrypt_data`.
+        blob: The blob as read from the database (kept after `data` is decrypted; what a
+            replica's copy of the log stores), or None for an entry not read.
 
     Raises:
         InvalidParameterError: The aggregate name, metadata or format version is invalid.
@@ -129,8 +131,6 @@ class Entry:
         "_encrypted",
         "aggregate_name",
         "blob",
-        "chain_seq",
-        "chain_tag",
         "create_time",
         "data",
         "format_version",
@@ -165,11 +165,8 @@ class Entry:
         self.key_id = wrapper.key_id if wrapper is not None else ""
         self.data = b""
         self._encrypted = False
-        # As stored: the blob read (data may since be decrypted), the chain's sequence and tag
-        # (oplog.chain) when known.
+        # The blob as read from the database (`data` may since be decrypted); None until then.
         self.blob: bytes | None = None
-        self.chain_seq: int | None = None
-        self.chain_tag: bytes | None = None
 
     @classmethod
     def from_row(
@@ -197,8 +194,6 @@ class Entry:
         entry.data = data
         entry._encrypted = True
         entry.blob = data
-        entry.chain_seq = None
-        entry.chain_tag = None
         return entry
 
     @property
