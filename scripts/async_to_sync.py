@@ -50,6 +50,7 @@ RENAMES = {
     "aclose": "close",
     "acursor": "cursor",
     "aexecute": "execute",
+    "aexecute_in_order": "execute_in_order",
     "asleep": "sleep",
     "await_event": "wait_event",
     "consumer_async": "consumer",

@@ -291,17 +291,24 @@ COUNT_ENTRIES = "select count(*) from oplog_entry"
 SNAPSHOT = "select pg_current_snapshot()::text"
 
 # One page of a poll: entries of transactions `reading` sees and `seen` does not, in id order.
-# The first two conditions bound the index range; `reading` is passed explicitly, so a page can
-# be read in any later transaction and still selects the same entries. Never prepared: the best
-# plan depends on the snapshots (catching up: walk the primary key; following: the few entries
-# of recent transactions, sorted), and a generic plan sorts the whole range for every page.
-# A partition (k of n) keeps the entries whose aggregate name's MD5 starts with 32 bits that
-# are k modulo n (checkpoint.partition_of computes the same).
-TAIL_PAGE = f"""
-select {_ENTRY_COLUMNS} from oplog_entry
-where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
-  and xact_id < pg_snapshot_xmax(%(reading)s::pg_snapshot)
-  and not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
+# `reading` is passed explicitly, so a page can be read in any later transaction and still
+# selects the same entries. A partition (k of n) keeps the entries whose aggregate name's MD5
+# starts with 32 bits that are k modulo n (checkpoint.partition_of computes the same).
+#
+# Two forms. The first page of a poll (TAIL_PAGE) also bounds the transaction ids, so that the
+# few entries of recent transactions are found by the xact_id index when following. The pages
+# after it (TAIL_PAGE_CONTINUED: the poll had more than a page) walk the primary key from where
+# the last page ended and stop at the limit (run with sorting disabled: _db.execute_in_order).
+# Left to itself, a planner without statistics for a burst just written (autovacuum has not
+# analyzed it yet) reads every entry left in the poll for each page and sorts them, which makes
+# catching up quadratic (20,000 entries in pages of 500: 410,000 rows read instead of 40,000,
+# tests/test_checkpoint.py). The bounds are implied by the visibility tests (an id below
+# `seen`'s xmin is visible in it; one `reading` sees is below its xmax), so both forms select
+# the same entries. Never prepared: the best plan depends on the
+# snapshots, and a generic plan sorts the whole range for every page.
+_TAIL_PAGE = """
+select {columns} from oplog_entry
+where {bounds}not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)
   and pg_visible_in_snapshot(xact_id, %(reading)s::pg_snapshot)
   and id > %(after)s
   and (%(parts)s::int = 1
@@ -310,6 +317,11 @@ where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
 order by id
 limit %(limit)s
 """
+_XACT_BOUNDS = """xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
+  and xact_id < pg_snapshot_xmax(%(reading)s::pg_snapshot)
+  and """
+TAIL_PAGE = _TAIL_PAGE.format(columns=_ENTRY_COLUMNS, bounds=_XACT_BOUNDS)
+TAIL_PAGE_CONTINUED = _TAIL_PAGE.format(columns=_ENTRY_COLUMNS, bounds="")
 
 # Committed entries a checkpoint has not delivered: visible in the current snapshot, not in
 # `seen`, and (inside a poll) not among the poll's entries up to `after`.

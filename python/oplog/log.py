@@ -24,7 +24,7 @@ from psycopg.rows import tuple_row
 
 from oplog import _sql, pgarray
 from oplog._compat import NO_BLOCK, Event, sleep, wait_event
-from oplog._db import execute
+from oplog._db import execute, execute_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
@@ -456,8 +456,16 @@ class Oplog(OplogSettings):
             if cursor.needs_snapshot:
                 cursor.begin(_snapshot(conn))
             with requiring_migration(2):
-                found = execute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
-            rows = found.fetchall()
+                if cursor.position.after_id:
+                    # The poll goes on: walk the primary key from the last page's end (see
+                    # _sql.TAIL_PAGE_CONTINUED); the setting that makes sure of it ends with
+                    # this read's transaction, before the metadata is read.
+                    found = execute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
+                    rows = found.fetchall()
+                    _end_read(conn)
+                else:
+                    found = execute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
+                    rows = found.fetchall()
             metadata = _metadata(conn, [row[0] for row in rows])
             _end_read(conn)
             page = cursor.page(rows, metadata, self.wrapper)

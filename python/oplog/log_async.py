@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 
 from oplog import _sql, pgarray
 from oplog._compat import ANO_BLOCK, AEvent, asleep, await_event
-from oplog._db import aexecute
+from oplog._db import aexecute, aexecute_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
@@ -461,8 +461,16 @@ class AsyncOplog(OplogSettings):
             if cursor.needs_snapshot:
                 cursor.begin(await _snapshot(conn))
             with requiring_migration(2):
-                found = await aexecute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
-            rows = await found.fetchall()
+                if cursor.position.after_id:
+                    # The poll goes on: walk the primary key from the last page's end (see
+                    # _sql.TAIL_PAGE_CONTINUED); the setting that makes sure of it ends with
+                    # this read's transaction, before the metadata is read.
+                    found = await aexecute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
+                    rows = await found.fetchall()
+                    await _end_read(conn)
+                else:
+                    found = await aexecute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
+                    rows = await found.fetchall()
             metadata = await _metadata(conn, [row[0] for row in rows])
             await _end_read(conn)
             page = cursor.page(rows, metadata, self.wrapper)
