@@ -304,8 +304,8 @@ SNAPSHOT = "select pg_current_snapshot()::text"
 # catching up quadratic (20,000 entries in pages of 500: 410,000 rows read instead of 40,000,
 # tests/test_checkpoint.py). The bounds are implied by the visibility tests (an id below
 # `seen`'s xmin is visible in it; one `reading` sees is below its xmax), so both forms select
-# the same entries. Never prepared: the best plan depends on the
-# snapshots, and a generic plan sorts the whole range for every page.
+# the same entries. Never prepared: the best plan depends on the snapshots, and a generic plan
+# sorts the whole range for every page.
 _TAIL_PAGE = """
 select {columns} from oplog_entry
 where {bounds}not pg_visible_in_snapshot(xact_id, %(seen)s::pg_snapshot)

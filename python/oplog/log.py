@@ -456,16 +456,16 @@ class Oplog(OplogSettings):
             if cursor.needs_snapshot:
                 cursor.begin(_snapshot(conn))
             with requiring_migration(2):
-                if cursor.position.after_id:
+                continued = cursor.position.after_id > 0
+                if continued:
                     # The poll goes on: walk the primary key from the last page's end (see
-                    # _sql.TAIL_PAGE_CONTINUED); the setting that makes sure of it ends with
-                    # this read's transaction, before the metadata is read.
+                    # _sql.TAIL_PAGE_CONTINUED).
                     found = execute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
-                    rows = found.fetchall()
-                    _end_read(conn)
                 else:
                     found = execute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
-                    rows = found.fetchall()
+                rows = found.fetchall()
+            if continued:
+                _end_read(conn)  # ends the no-sort setting before the metadata is read
             metadata = _metadata(conn, [row[0] for row in rows])
             _end_read(conn)
             page = cursor.page(rows, metadata, self.wrapper)

@@ -461,16 +461,16 @@ class AsyncOplog(OplogSettings):
             if cursor.needs_snapshot:
                 cursor.begin(await _snapshot(conn))
             with requiring_migration(2):
-                if cursor.position.after_id:
+                continued = cursor.position.after_id > 0
+                if continued:
                     # The poll goes on: walk the primary key from the last page's end (see
-                    # _sql.TAIL_PAGE_CONTINUED); the setting that makes sure of it ends with
-                    # this read's transaction, before the metadata is read.
+                    # _sql.TAIL_PAGE_CONTINUED).
                     found = await aexecute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
-                    rows = await found.fetchall()
-                    await _end_read(conn)
                 else:
                     found = await aexecute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
-                    rows = await found.fetchall()
+                rows = await found.fetchall()
+            if continued:
+                await _end_read(conn)  # ends the no-sort setting before the metadata is read
             metadata = await _metadata(conn, [row[0] for row in rows])
             await _end_read(conn)
             page = cursor.page(rows, metadata, self.wrapper)
