@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import oplog
 from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
-from oplog.wrapping import blob_key_id
+from oplog.wrapping import _parse, blob_key_id
 from tests.golden import load
 
 SAMPLES = [
@@ -204,3 +206,71 @@ def test_any_wrapper_of_the_protocol_works_alone_and_in_rotation() -> None:
     assert oplog.MultiWrapper(old, envelope).decrypt(blob) == b"queue"
     with pytest.raises(oplog.DecryptError, match="unknown key id"):
         oplog.MultiWrapper(old).decrypt(blob)
+
+
+def _parsed_path(w: oplog.AeadWrapper, blob: bytes) -> bytes | str:
+    """What the protobuf parser's path makes of `blob`: its plaintext or its error."""
+    try:
+        return w._open(_parse(blob))
+    except oplog.DecryptError as exc:
+        return str(exc)
+
+
+def _decrypted(wrapper: Any, blob: bytes) -> bytes | str:
+    try:
+        return bytes(wrapper.decrypt(blob))
+    except oplog.DecryptError as exc:
+        return str(exc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    size=st.sampled_from([0, 1, 80, 99, 100, 16_340, 16_400]),
+    edits=st.lists(
+        st.tuples(st.sampled_from(["flip", "cut", "append", "insert"]), st.integers(0, 10**6)),
+        max_size=3,
+    ),
+)
+def test_the_fast_blob_path_decides_as_the_protobuf_parser(size: int, edits: list[Any]) -> None:
+    """AeadWrapper.decrypt (and MultiWrapper's, through its primary) reads blobs of its own
+    layout without the protobuf parser; for any blob, valid or changed (bits flipped, cut,
+    bytes appended or inserted, lengths across the one-, two- and three-byte varints), it
+    returns the plaintext or raises the error the parser's path gives."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    multi = oplog.MultiWrapper(w, oplog.AeadWrapper(bytes(32), "k0"))
+    blob = bytearray(w.encrypt(os.urandom(size)))
+    for edit, at in edits:
+        at %= len(blob) + 1
+        if edit == "flip" and at < len(blob):
+            blob[at] ^= 1 << (at % 8)
+        elif edit == "cut":
+            del blob[at:]
+        elif edit == "append":
+            blob += bytes([at % 256])
+        elif edit == "insert":
+            blob[at:at] = bytes([at % 256])
+    expected = _parsed_path(w, bytes(blob))
+    assert _decrypted(w, bytes(blob)) == expected
+    if isinstance(expected, bytes):
+        assert _decrypted(multi, bytes(blob)) == expected
+    else:
+        assert isinstance(_decrypted(multi, bytes(blob)), str)
+
+
+def test_a_blob_with_a_non_minimal_length_decrypts_as_the_parser_reads_it() -> None:
+    """A ciphertext length written in more varint bytes than needed (valid protobuf) is read
+    the same on the fast path: the blob decrypts."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    blob = w.encrypt(b"x" * 20)
+    size = blob[1]
+    padded = b"\x0a" + bytes([size | 0x80, 0]) + blob[2:]
+    assert w.decrypt(padded) == b"x" * 20 == w._open(_parse(padded))
+
+
+@pytest.mark.parametrize("size", [0, 99, 100, 16_000])
+def test_own_blobs_up_to_16_kib_take_the_fast_path(size: int) -> None:
+    """The wrapper's own blobs with a one- or two-byte length are read without the parser."""
+    w = oplog.AeadWrapper(KEY, "k1")
+    blob = w.encrypt(bytes(size))
+    assert w._own_ciphertext(blob) == BlobInfo.FromString(blob).ciphertext
+    assert oplog.AeadWrapper(KEY, "k2")._own_ciphertext(blob) is None
