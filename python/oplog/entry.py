@@ -12,7 +12,7 @@ from oplog._dberrors import ticket_conflicts
 from oplog.catalog import TypeCatalog
 from oplog.errors import DecryptError, InvalidParameterError, TicketConflictError
 from oplog.operation import Operation
-from oplog.queue import Queue, Version
+from oplog.queue import Queue, Version, decode
 from oplog.replay import Replayer
 from oplog.ticket import (
     Ticket,
@@ -241,7 +241,7 @@ class Entry:
         """
         if self._encrypted:
             raise InvalidParameterError("decrypt the entry's data before unmarshalling it")
-        return list(Queue(self.data, catalog=catalog))
+        return decode(self.data, catalog)
 
     def write_entry_with(self, writer: Writer, ticket: Ticket, *operations: Operation) -> None:
         """Encodes `operations` as the entry's data (replacing any), encrypts and writes it.

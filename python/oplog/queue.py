@@ -12,7 +12,7 @@ from oplog.catalog import TypeCatalog
 from oplog.errors import InvalidParameterError, UnknownTypeError
 from oplog.operation import Operation, OperationOptions, OpType, go_field_name, normalize_path
 
-__all__ = ["Queue", "check_class", "check_classes"]
+__all__ = ["Queue", "check_class", "check_classes", "decode"]
 
 Version = Literal["v1", "v2"]
 
@@ -194,6 +194,21 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue(version={self._version!r}, nbytes={self.nbytes})"
+
+
+def decode(data: bytes, catalog: TypeCatalog) -> list[Operation]:
+    """Every operation of encoded queue `data`, in order (what iterating a
+    ``Queue(data, catalog=catalog)`` yields, without building the queue: a reader decodes
+    one queue per entry).
+
+    Raises:
+        DecodeError: The queue is malformed, or a message does not parse as its type.
+        UnknownTypeError: A type name is not in the catalog.
+    """
+    operations, _ = _core.decode_queue(
+        data if type(data) is bytes else bytes(data), 0, None, catalog._parsers
+    )
+    return operations
 
 
 def go_mask(message: object, field_mask: Sequence[str], index: int) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from oplog.entry import Entry, metadata_rows
 from oplog.errors import DecodeError, DecryptError, InvalidParameterError, UnknownTypeError
 from oplog.mapping import Statements
 from oplog.operation import Operation
-from oplog.queue import Queue, Version, check_classes
+from oplog.queue import Version, check_classes, decode
 from oplog.ticket import LockMode, Ticketer, check_lock_mode, ticket_name
 from oplog.wrapping import Wrapper
 
@@ -108,7 +108,7 @@ class OplogSettings:
             return "undecryptable", f"does not decrypt: {exc}"
         try:
             if len(self.catalog):
-                list(Queue(plain, catalog=self.catalog))
+                decode(plain, self.catalog)
             else:
                 _core.decode_operations(plain, 0, None)
         except (DecodeError, UnknownTypeError) as exc:
