@@ -50,6 +50,79 @@ pub fn pack_varlena(oid: u32, items: &[Option<&[u8]>]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Builds a one-dimensional array of variable-length elements one element at a time, for
+/// elements written in place (no intermediate list of slices): [`Self::begin`] an element,
+/// write its bytes to [`Self::body`], [`Self::end`] it; or [`Self::null`].
+pub struct VarlenaBuilder {
+    oid: u32,
+    count: usize,
+    has_null: bool,
+    start: usize,
+    /// The elements so far, each with its length prefix.
+    pub body: Vec<u8>,
+}
+
+impl VarlenaBuilder {
+    pub fn new(oid: u32, capacity: usize) -> Self {
+        Self {
+            oid,
+            count: 0,
+            has_null: false,
+            start: 0,
+            body: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Starts an element: its bytes follow in `body` until [`Self::end`].
+    pub fn begin(&mut self) {
+        self.start = self.body.len();
+        self.body.extend_from_slice(&[0; 4]);
+    }
+
+    /// Drops what was written since [`Self::begin`] (to write the element another way).
+    pub fn restart(&mut self) {
+        self.body.truncate(self.start + 4);
+    }
+
+    /// Ends the element begun last, filling in its length.
+    ///
+    /// # Errors
+    /// [`CodecError::ElementTooLarge`] for an element of 2 GiB or more.
+    pub fn end(&mut self) -> Result<()> {
+        let len = self.body.len() - self.start - 4;
+        let prefix = i32::try_from(len).map_err(|_| CodecError::ElementTooLarge {
+            index: self.count,
+            len,
+        })?;
+        self.body[self.start..self.start + 4].copy_from_slice(&prefix.to_be_bytes());
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Ends the element begun last as a NULL instead (what was written for it is dropped).
+    pub fn end_null(&mut self) {
+        self.body.truncate(self.start);
+        self.null();
+    }
+
+    pub fn null(&mut self) {
+        self.body.extend_from_slice(&(-1i32).to_be_bytes());
+        self.has_null = true;
+        self.count += 1;
+    }
+
+    /// The array: header and elements.
+    ///
+    /// # Errors
+    /// [`CodecError::ArrayTooLong`] beyond `i32::MAX` elements.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(20 + self.body.len());
+        header(&mut out, self.has_null, self.oid, self.count)?;
+        out.extend_from_slice(&self.body);
+        Ok(out)
+    }
+}
+
 /// A one-dimensional `int8[]`.
 pub fn pack_int8(items: &[i64]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(20 + 12 * items.len());
@@ -80,6 +153,25 @@ mod tests {
         ]
         .concat();
         assert_eq!(packed, expected);
+    }
+
+    #[test]
+    fn the_builder_packs_as_pack_varlena_does() {
+        let mut b = VarlenaBuilder::new(TEXT_OID, 0);
+        b.begin();
+        b.body.extend_from_slice(b"zz");
+        b.restart();
+        b.body.extend_from_slice(b"ab");
+        b.end().unwrap();
+        b.begin();
+        b.body.extend_from_slice(b"dropped");
+        b.end_null();
+        b.begin();
+        b.end().unwrap();
+        let expected = pack_varlena(TEXT_OID, &[Some(b"ab"), None, Some(b"")]).unwrap();
+        assert_eq!(b.finish().unwrap(), expected);
+        let empty = VarlenaBuilder::new(TEXT_OID, 0).finish().unwrap();
+        assert_eq!(empty, pack_varlena(TEXT_OID, &[]).unwrap());
     }
 
     #[test]

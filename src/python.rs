@@ -849,6 +849,117 @@ fn pack_int8_array<'py>(py: Python<'py>, items: Vec<i64>) -> PyResult<Bound<'py,
     Ok(PyBytes::new(py, &pgarray::pack_int8(&items)?))
 }
 
+/// How [`pack_text_columns`] reads a column's value of a message (`oplog.mapping.text_kind`).
+const TEXT_BY_CONVERTER: u8 = 0;
+const TEXT_STRING: u8 = 1;
+const TEXT_INTEGER: u8 = 2;
+const TEXT_BOOL: u8 = 3;
+const TEXT_BYTES: u8 = 4;
+
+/// Writes `value` (an attribute of kind `kind`) in PostgreSQL's text input form; false when it
+/// is not what the kind expects (a str with a NUL, another type): the converter decides then.
+fn put_text(body: &mut Vec<u8>, value: &Bound<'_, PyAny>, kind: u8) -> PyResult<bool> {
+    use std::io::Write as _;
+    match kind {
+        TEXT_STRING => {
+            let Ok(s) = value.cast::<PyString>() else {
+                return Ok(false);
+            };
+            let Ok(utf8) = s.to_cow() else {
+                return Ok(false);
+            };
+            if utf8.as_bytes().contains(&0) {
+                return Ok(false);
+            }
+            body.extend_from_slice(utf8.as_bytes());
+        }
+        TEXT_INTEGER => {
+            if !value.is_exact_instance_of::<pyo3::types::PyInt>() {
+                return Ok(false);
+            }
+            if let Ok(v) = value.extract::<i64>() {
+                write!(body, "{v}")?;
+            } else if let Ok(v) = value.extract::<u64>() {
+                write!(body, "{v}")?;
+            } else {
+                return Ok(false);
+            }
+        }
+        TEXT_BOOL => {
+            let Ok(b) = value.cast::<pyo3::types::PyBool>() else {
+                return Ok(false);
+            };
+            body.push(if b.is_true() { b't' } else { b'f' });
+        }
+        TEXT_BYTES => {
+            let Ok(b) = value.cast::<PyBytes>() else {
+                return Ok(false);
+            };
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            body.extend_from_slice(b"\\x");
+            for byte in b.as_bytes() {
+                body.push(HEX[usize::from(byte >> 4)]);
+                body.push(HEX[usize::from(byte & 15)]);
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// One PostgreSQL binary `text[]` per column: column j holds every message's value of that
+/// column in text input form. A column is `(attribute, kind, converter)`; the kinds other than
+/// 0 read the attribute and write it here, and `converter(message)` (a str or None) gives the
+/// value otherwise, and for any value its kind does not expect, so it decides (or raises).
+#[pyfunction]
+fn pack_text_columns<'py>(
+    py: Python<'py>,
+    messages: &Bound<'py, PyList>,
+    columns: Vec<(Bound<'py, PyString>, u8, Bound<'py, PyAny>)>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let rows = messages.len();
+    let mut out = Vec::with_capacity(columns.len());
+    for (name, kind, converter) in &columns {
+        let mut array = pgarray::VarlenaBuilder::new(pgarray::TEXT_OID, rows * 24);
+        for (index, msg) in messages.iter().enumerate() {
+            array.begin();
+            if *kind != TEXT_BY_CONVERTER && put_text(&mut array.body, &msg.getattr(name)?, *kind)?
+            {
+                array.end()?;
+                continue;
+            }
+            array.restart();
+            let value = converter.call1((&msg,))?;
+            if value.is_none() {
+                array.end_null();
+                continue;
+            }
+            let utf8 = value
+                .cast::<PyString>()
+                .map_err(|_| {
+                    invalid(
+                        index,
+                        format!(
+                            "a column's text is str or None, not {}",
+                            type_name_of(&value)
+                        ),
+                    )
+                })?
+                .to_cow()
+                .map_err(|_| {
+                    invalid(
+                        index,
+                        "a column's text is not valid UTF-8 (a lone surrogate?)".to_owned(),
+                    )
+                })?;
+            array.body.extend_from_slice(utf8.as_bytes());
+            array.end()?;
+        }
+        out.push(PyBytes::new(py, &array.finish()?));
+    }
+    Ok(out)
+}
+
 // --- entry tags -------------------------------------------------------------------------------
 
 fn bytes_at<'py>(
@@ -988,6 +1099,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_queue, m)?)?;
     m.add_function(wrap_pyfunction!(pack_array, m)?)?;
     m.add_function(wrap_pyfunction!(pack_int8_array, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_text_columns, m)?)?;
     m.add_function(wrap_pyfunction!(chain_tags, m)?)?;
     m.add_function(wrap_pyfunction!(entry_tags, m)?)?;
     Ok(())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -13,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oplog
-from oplog.mapping import Statements, as_text, to_db
+from oplog import _core, pgarray
+from oplog.mapping import TEXT_INTEGER, TEXT_STRING, Statements, as_text, to_db
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from tests.db import CATALOG
 from tests.strategies import documents, users
@@ -124,3 +126,52 @@ def test_a_columns_text_converter_gives_what_the_general_path_gives(message: Mes
                 mapping.text_of[column.name](message)
             continue
         assert mapping.text_of[column.name](message) == expected
+
+
+def _columns_one_by_one(mapping: Any, messages: list[Message]) -> list[bytes] | str:
+    """Each column's text[] packed from the converters one message at a time, or the error
+    the first refused value raises."""
+    try:
+        return [
+            pgarray.TextArray.of([mapping.text_of[c.name](msg) for msg in messages])
+            for c in mapping.columns
+        ]
+    except oplog.InvalidParameterError as exc:
+        return str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(documents(), max_size=12), st.lists(users, max_size=12)))
+def test_the_rust_core_packs_columns_as_the_converters_do(messages: list[Message]) -> None:
+    """The column arrays the Rust core packs for a set-based statement are byte for byte the
+    converters' values packed one by one, for every kind of column (str, integer, bool, bytes,
+    and those it hands to the converter), and a refused value (text with NUL) raises the same
+    error."""
+    if not messages:
+        messages = [TestUser()]
+    mapping = Statements(None, CATALOG).map(messages[0], None)  # type: ignore[arg-type]
+    expected = _columns_one_by_one(mapping, messages)
+    specs = [mapping.text_specs[c.name] for c in mapping.columns]
+    if isinstance(expected, str):
+        with pytest.raises(oplog.InvalidParameterError, match=re.escape(expected)):
+            _core.pack_text_columns(messages, specs)
+    else:
+        assert _core.pack_text_columns(messages, specs) == expected
+
+
+def test_packing_hands_the_converter_what_its_kind_does_not_expect() -> None:
+    """Values a fast kind cannot format (an int beyond 64 bits, a str where an int was
+    expected, a str with NUL) are the converter's; 64-bit unsigned values and NULLs pack."""
+    rows = [SimpleNamespace(v=v) for v in (2**64 - 1, -(2**63), 2**70, "x", True, None)]
+
+    def text(row: Any) -> str | None:
+        return None if row.v is None else f"<{row.v}>"
+
+    (packed,) = _core.pack_text_columns(rows, [("v", TEXT_INTEGER, text)])
+    expected = [str(2**64 - 1), str(-(2**63)), f"<{2**70}>", "<x>", "<True>", None]
+    assert packed == pgarray.TextArray.of(expected)
+    strings = [SimpleNamespace(v=v) for v in ("é", "a\x00b", b"raw")]
+    (packed,) = _core.pack_text_columns(strings, [("v", TEXT_STRING, text)])
+    assert packed == pgarray.TextArray.of(["é", "<a\x00b>", "<b'raw'>"])
+    with pytest.raises(oplog.InvalidParameterError, match="str or None, not int"):
+        _core.pack_text_columns(strings, [("v", 0, lambda row: 5)])  # type: ignore[list-item, return-value]

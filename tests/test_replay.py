@@ -208,6 +208,25 @@ def test_set_based_replay_refuses_what_one_by_one_refuses(conn: psycopg.Connecti
     assert rows(conn, "users_short") == [(3, "abc", "", "", 0)]
 
 
+def test_a_value_that_cannot_be_sent_fails_the_set_based_replay_before_anything_is_sent(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Text with a NUL in a later run of a page fails apply_many with the field named and no
+    statement sent: the runs before it (whose arrays are packed first) write nothing."""
+    reset(conn)
+    creates = [
+        oplog.Operation(TestUser(id=i, name=f"u{i}"), "user", oplog.OpType.CREATE)
+        for i in (1, 2, 3)
+    ]
+    bad = TestUser(id=1, name="a\x00b")
+    rename = oplog.Operation(bad, "user", oplog.OpType.UPDATE, ("name",))
+    replayer = oplog.Replayer(oplog.Writer(conn, CATALOG), "_replay")
+    with conn.transaction():
+        with pytest.raises(oplog.InvalidParameterError, match=r"TestUser\.name contains a NUL"):
+            replayer.apply_many([*creates, rename])
+        assert rows(conn, "users_replay") == []
+
+
 @pytest.fixture
 def empty_dsn(pg: Server) -> Iterator[str]:
     """A fresh database on the test server, migrated, with empty test tables."""

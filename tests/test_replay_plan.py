@@ -30,7 +30,7 @@ def _plan(conn: psycopg.Connection[Any], ops: list[oplog.Operation]) -> Plan:
 def _shape(plan: Plan) -> list[tuple[str, int]]:
     """Each step as (kind, operations): a run's kind, or "one by one"."""
     return [
-        (step.kind, len(step.rows)) if isinstance(step, Run) else ("one by one", len(step))
+        (step.kind, len(step.messages)) if isinstance(step, Run) else ("one by one", len(step))
         for step in plan.steps
     ]
 
@@ -115,3 +115,19 @@ def test_a_join_of_many_rows_is_planned_for_them_and_one_row_is_prepared(
     assert prepare is prepared
     assert (b"unnest" in query) == (len(ops) > 1)
     assert len(params) == len(run.columns)
+
+
+def test_an_update_shape_is_checked_once_and_paths_in_lists_are_planned_too(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Updates with the same mask and null paths share a checked shape; operations built by a
+    caller with lists for paths (unhashable) are planned the same way; a bad path is refused
+    whether or not its shape was met before."""
+    lists = oplog.Operation(TestUser(id=3, name="x"), "user", UPDATE, ["name"], ["email"])
+    plan = _plan(conn, [_user(1, UPDATE, "name"), _user(2, UPDATE, "name"), lists, lists])
+    assert _shape(plan) == [("update", 2), ("update", 1), ("update", 1)]
+    assert len(plan.cache.updates) == 1
+    bad = oplog.Operation(TestUser(id=4), "user", UPDATE, ["nope"])
+    for ops in ([bad], [_user(1, UPDATE, "name"), bad]):
+        with pytest.raises(oplog.InvalidParameterError, match="names no column"):
+            _plan(conn, ops)

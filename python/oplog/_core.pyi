@@ -16,6 +16,7 @@ __all__ = [
     "entry_tags",
     "pack_array",
     "pack_int8_array",
+    "pack_text_columns",
 ]
 
 _RawOperation = tuple[
@@ -122,6 +123,23 @@ def pack_array(items: Iterable[str | bytes | None], bytea: bool) -> bytes:
 
 def pack_int8_array(items: list[int]) -> bytes:
     """A PostgreSQL binary ``int8[]`` of ``items``."""
+
+def pack_text_columns(
+    messages: list[Any], columns: list[tuple[str, int, Callable[[Any], str | None]]]
+) -> list[bytes]:
+    """One PostgreSQL binary ``text[]`` per column of ``messages``: column j holds each
+    message's value of ``columns[j]`` in text input form.
+
+    A column is ``(attribute, kind, converter)``. Kinds 1 to 4 (str, integer, bool, bytes:
+    ``oplog.mapping.text_kind``) read the attribute and format it here; kind 0, and any value
+    its kind does not expect (a str holding a NUL, another type), gives the value as
+    ``converter(message)`` (a str, or None for NULL), which may raise instead.
+
+    Raises:
+        oplog.InvalidParameterError: A converter returned neither str nor None, or a str that
+            is not valid UTF-8; an array or element is too large for PostgreSQL.
+        Exception: Whatever a converter or attribute access raises.
+    """
 
 def chain_tags(
     key: bytes,

@@ -88,13 +88,28 @@ class TableMapping:
         self.by_name = {c.name: c for c in self.columns}
         self.primary_key = [self.by_name[name] for name in table.primary_key]
         self.columns_without_key = [c for c in self.columns if c not in self.primary_key]
-        # Where each key column sits in `columns` (for reading a key out of a row's values).
-        self.key_positions = [self.columns.index(c) for c in self.primary_key]
         # Each column's value of a message in PostgreSQL's text form (set-based replay).
         self.text_of = {c.name: text_converter(c) for c in self.columns}
-        self.texts = [self.text_of[c.name] for c in self.columns]
-        self.texts_without_key = [self.text_of[c.name] for c in self.columns_without_key]
-        self.key_texts = [self.text_of[c.name] for c in self.primary_key]
+        self._key_texts = [self.text_of[c.name] for c in self.primary_key]
+        # What the Rust core packs a column of many messages' values by (see text_kind).
+        self.text_specs = {
+            c.name: (c.name, text_kind(c), self.text_of[c.name]) for c in self.columns
+        }
+
+    def key_text(self, msg: Message) -> tuple[str | None, ...]:
+        """`msg`'s primary key in PostgreSQL's text form."""
+        texts = self._key_texts
+        if len(texts) == 1:
+            return (texts[0](msg),)
+        return tuple(text(msg) for text in texts)
+
+    def key_unset(self, msg: Message) -> bool:
+        """Whether `msg` leaves every column of a primary key unset (for the database to
+        generate); False for a table without one."""
+        key = self.primary_key
+        if len(key) == 1:
+            return is_unset(msg, key[0])
+        return bool(key) and all(is_unset(msg, c) for c in key)
 
     def resolve(self, path: str) -> Column:
         """The column a field-mask path names."""
@@ -191,6 +206,27 @@ def text_converter(column: Column) -> Callable[[Message], str | None]:
     if kind == FieldDescriptor.TYPE_BYTES:
         return lambda msg: "\\x" + getattr(msg, name).hex()
     return lambda msg: as_text(to_db(msg, column))
+
+
+TEXT_BY_CONVERTER, TEXT_STRING, TEXT_INTEGER, TEXT_BOOL, TEXT_BYTES = range(5)
+
+
+def text_kind(column: Column) -> int:
+    """How ``_core.pack_text_columns`` reads `column`: for the plain scalar kinds it formats
+    the attribute itself, as :func:`text_converter` would; for the rest (presence, timestamps,
+    wrappers, floats) it calls the column's converter."""
+    kind = column.field.type
+    if column.kind != "scalar" or column.presence:
+        return TEXT_BY_CONVERTER
+    if kind == FieldDescriptor.TYPE_STRING:
+        return TEXT_STRING
+    if kind in _INTEGER_TYPES:
+        return TEXT_INTEGER
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return TEXT_BOOL
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return TEXT_BYTES
+    return TEXT_BY_CONVERTER
 
 
 def from_db(msg: Message, column: Column, value: Any) -> None:

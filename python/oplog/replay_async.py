@@ -23,7 +23,7 @@ from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
 from oplog.mapping import replayed_mask
 from oplog.operation import Operation, OpType
-from oplog.replay_plan import Plan, ReplayCache, Run
+from oplog.replay_plan import Plan, ReplayCache
 from oplog.writer_async import AsyncWriter
 
 if TYPE_CHECKING:
@@ -179,19 +179,24 @@ class AsyncReplayer:
             await self._ready_table(target, msg)
             await self._column_types(target)
         pgarray.register(conn)
-        if len(plan.steps) == 1 and not isinstance(plan.steps[0], list):
-            await self._run_step(plan, plan.steps[0])
-        elif plan.steps:
+        # Every run's statement and values before the first is sent: a value that cannot be
+        # sent (a NUL in a text) fails the whole call with nothing written.
+        steps = [
+            step if isinstance(step, list) else plan.statement(step, conn) for step in plan.steps
+        ]
+        if len(steps) == 1 and not isinstance(steps[0], list):
+            await self._run_step(steps[0])
+        elif steps:
             async with conn.pipeline():
-                for step in plan.steps:
-                    await self._run_step(plan, step)
+                for step in steps:
+                    await self._run_step(step)
         return plan.count
 
-    async def _run_step(self, plan: Plan, step: Run | list[Operation]) -> None:
+    async def _run_step(self, step: tuple[bytes, list[Any], bool | None] | list[Operation]) -> None:
         if isinstance(step, list):
             await self.apply(step)
             return
-        query, params, prepare = plan.statement(step, self._writer.conn)
+        query, params, prepare = step
         await aexecute(self._writer.conn, query, params, prepare=prepare)
 
     async def _column_types(self, table: str) -> dict[str, str]:

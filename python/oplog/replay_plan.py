@@ -12,15 +12,16 @@ import psycopg
 from google.protobuf.message import Message
 from psycopg import sql
 
-from oplog import pgarray
+from oplog import _core, pgarray
 from oplog.catalog import check_identifier
 from oplog.errors import SchemaError
-from oplog.mapping import Column, Statements, TableMapping, is_unset, replayed_mask
+from oplog.mapping import Column, Statements, TableMapping, replayed_mask
 from oplog.operation import Operation, OpType
 
 __all__ = ["Plan", "ReplayCache", "Run"]
 
 
+_SHAPES_MAX = 4096  # update shapes remembered per replayer (each mask combination is one)
 _ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
 
 
@@ -33,7 +34,8 @@ class Run:
         self.target = target
         self.shape = shape
         self.columns: list[Column] = []
-        self.rows: list[list[Any]] = []
+        # The run's messages; its statement's values are their columns (see Plan.statement).
+        self.messages: list[Message] = []
         self.keys: set[tuple[Any, ...]] = set()
 
 
@@ -47,6 +49,7 @@ class ReplayCache:
         self.resolved: dict[type[Message], tuple[str, TableMapping]] = {}
         self.types: dict[str, dict[str, str]] = {}
         self.composed: dict[tuple[Any, ...], bytes] = {}
+        self.updates: dict[tuple[Any, ...], tuple[list[Column], tuple[Any, ...]]] = {}
 
     def target(self, msg: Message) -> str:
         """The table `msg`'s operations replay into: its table's name with the suffix."""
@@ -58,6 +61,23 @@ class ReplayCache:
         if found is None:
             target = self.target(msg)
             found = self.resolved[type(msg)] = (target, self.statements.map(msg, target))
+        return found
+
+    def update_shape(self, m: TableMapping, op: Operation) -> tuple[list[Column], tuple[Any, ...]]:
+        """The columns of an UPDATE's run (key, then those it sets) and its shape (the names
+        it sets and nulls), checked once per mask and null paths."""
+        key = (m, op.field_mask, op.null_paths)
+        try:
+            found = self.updates.get(key)
+            cacheable = True
+        except TypeError:  # paths in lists (the caller's operations): checked every time
+            found, cacheable = None, False
+        if found is None:
+            sets, nulls = self.statements.update_columns(m, replayed_mask(m, op), op.null_paths)
+            shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
+            found = ([*m.primary_key, *sets], shape)
+            if cacheable and len(self.updates) < _SHAPES_MAX:
+                self.updates[key] = found
         return found
 
 
@@ -92,35 +112,26 @@ class Plan:
             # Options work row by row (versions, conflicts): applied as apply() would.
             self._single(op)
             return
-        w = self.cache.statements
+        cache = self.cache
         msg = op.message
-        target, m = self.cache.resolve(msg)
-        self.targets.setdefault(target, msg)
+        target, m = cache.resolve(msg)
+        if target not in self.targets:
+            self.targets[target] = msg
         key: tuple[Any, ...] | None
         if kind == "insert":
-            generated = all(is_unset(msg, c) for c in m.primary_key) if m.primary_key else False
+            generated = m.key_unset(msg)
             columns = m.columns_without_key if generated else m.columns
             shape: tuple[Any, ...] = (generated,)
-            # Each value in PostgreSQL's text form, by the column's converter (built once).
-            texts = m.texts_without_key if generated else m.texts
-            values = [text(msg) for text in texts]
-            if generated or not m.primary_key:
-                key = None
-            else:
-                key = tuple(values[i] for i in m.key_positions)
+            key = None if generated or not m.primary_key else m.key_text(msg)
         elif kind == "update":
-            sets, nulls = w.update_columns(m, replayed_mask(m, op), op.null_paths)
-            w.check_key(m, msg)
-            key = tuple(text(msg) for text in m.key_texts)
-            columns = [*m.primary_key, *sets]
-            shape = (tuple(c.name for c in sets), tuple(c.name for c in nulls))
-            values = [*key, *(m.text_of[c.name](msg) for c in sets)]
+            columns, shape = cache.update_shape(m, op)
+            cache.statements.check_key(m, msg)
+            key = m.key_text(msg)
         else:
-            w.check_key(m, msg)
-            key = tuple(text(msg) for text in m.key_texts)
-            columns = list(m.primary_key)
+            cache.statements.check_key(m, msg)
+            key = m.key_text(msg)
+            columns = m.primary_key
             shape = ()
-            values = list(key)
         run = self.current
         if (
             run is None
@@ -135,7 +146,7 @@ class Plan:
             run.columns = columns
         if key is not None:
             run.keys.add(key)
-        run.rows.append(values)
+        run.messages.append(msg)
 
     def statement(
         self, run: Run, context: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
@@ -148,16 +159,20 @@ class Plan:
         would scan the whole table for every run. A single row's statement is prepared: its
         plan is an index lookup whatever the table's size."""
         names = [c.name for c in run.columns]
-        single = len(run.rows) == 1
+        single = len(run.messages) == 1
+        m = run.mapping
         params: list[Any]
         if single:
-            params = list(run.rows[0])
+            msg = run.messages[0]
+            params = [m.text_of[name](msg) for name in names]
             if run.kind == "update":
                 # The statement's text sets the columns before it matches the key.
-                keys = len(run.mapping.primary_key)
+                keys = len(m.primary_key)
                 params = params[keys:] + params[:keys]
         else:
-            params = [pgarray.TextArray.of([row[i] for row in run.rows]) for i in range(len(names))]
+            # Each column's values in PostgreSQL's text form, packed by the Rust core.
+            specs = [m.text_specs[name] for name in names]
+            params = list(map(pgarray.TextArray, _core.pack_text_columns(run.messages, specs)))
         # Composing costs more than sending: each shape is composed once per replayer.
         key = (run.kind, run.target, run.shape, single, *names)
         query = self.cache.composed.get(key)
