@@ -123,11 +123,12 @@ def test_an_update_shape_is_checked_once_and_paths_in_lists_are_planned_too(
     """Updates with the same mask and null paths share a checked shape; operations built by a
     caller with lists for paths (unhashable) are planned the same way; a bad path is refused
     whether or not its shape was met before."""
-    lists = oplog.Operation(TestUser(id=3, name="x"), "user", UPDATE, ["name"], ["email"])
+    # Lists as untyped callers pass them (Operation declares tuples).
+    lists = oplog.Operation(TestUser(id=3, name="x"), "user", UPDATE, ["name"], ["email"])  # type: ignore[arg-type]
     plan = _plan(conn, [_user(1, UPDATE, "name"), _user(2, UPDATE, "name"), lists, lists])
     assert _shape(plan) == [("update", 2), ("update", 1), ("update", 1)]
     assert len(plan.cache.updates) == 1
-    bad = oplog.Operation(TestUser(id=4), "user", UPDATE, ["nope"])
+    bad = oplog.Operation(TestUser(id=4), "user", UPDATE, ["nope"])  # type: ignore[arg-type]
     for ops in ([bad], [_user(1, UPDATE, "name"), bad]):
         with pytest.raises(oplog.InvalidParameterError, match="names no column"):
             _plan(conn, ops)

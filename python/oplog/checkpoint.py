@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -178,8 +179,30 @@ def partition_consumer(name: str, partition: tuple[int, int] | None) -> str:
     return name if partition is None else f"{name}/{partition[0]}-of-{partition[1]}"
 
 
-TailPage = list[tuple[Entry, Checkpoint]]
-"""Entries of one page of a poll, each with the checkpoint just after it."""
+class TailPage:
+    """Entries of one page of a poll, each with the checkpoint just after it (made as the
+    page is iterated: a consumer needs only the last, `end`)."""
+
+    __slots__ = ("_reading", "_seen", "end", "entries")
+
+    def __init__(self, entries: list[Entry], seen: str, reading: str, end: Checkpoint) -> None:
+        self.entries = entries
+        self.end = end
+        self._seen = seen
+        self._reading = reading
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[tuple[Entry, Checkpoint]]:
+        """``(entry, checkpoint after it)`` for each entry, in order."""
+        trusted = Checkpoint._trusted
+        last = len(self.entries) - 1
+        for i, entry in enumerate(self.entries):
+            if i == last:
+                yield entry, self.end
+            else:
+                yield entry, trusted(self._seen, self._reading, int(entry.id or 0))
 
 
 class TailCursor:
@@ -237,18 +260,13 @@ class TailCursor:
         p = self.position
         assert p.reading is not None
         entries = entries_from_rows(rows, metadata, wrapper)
-        finished = len(rows) < self.batch_size
-        trusted = Checkpoint._trusted
-        out = [(e, trusted(p.seen, p.reading, int(e.id or 0))) for e in entries]
-        if finished:
+        if len(rows) < self.batch_size:
             # The poll is fully delivered: its snapshot becomes the whole position.
             self.position = Checkpoint(p.reading)
-            if out:
-                out[-1] = (out[-1][0], self.position)
-        elif out:
-            self.position = out[-1][1]
-        self.poll_found += len(out)
-        return out
+        elif entries:
+            self.position = Checkpoint._trusted(p.seen, p.reading, int(entries[-1].id or 0))
+        self.poll_found += len(entries)
+        return TailPage(entries, p.seen, p.reading, self.position)
 
     @property
     def caught_up(self) -> bool:

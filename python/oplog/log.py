@@ -596,8 +596,8 @@ class Oplog(OplogSettings):
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
-                        apply_page(target, [entry for entry, _ in page])
-                        position = page[-1][1]
+                        apply_page(target, page.entries)
+                        position = page.end
                         consumer.save(target, position)
                     applied += len(page)
                     logger.debug(

@@ -601,8 +601,8 @@ class AsyncOplog(OplogSettings):
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
-                        await apply_page(target, [entry for entry, _ in page])
-                        position = page[-1][1]
+                        await apply_page(target, page.entries)
+                        position = page.end
                         await consumer.save(target, position)
                     applied += len(page)
                     logger.debug(
