@@ -276,9 +276,10 @@ order by id limit %s
 """
 
 ENTRY_METADATA = """
-select entry_id, key, value from oplog_metadata where entry_id = any(%s) order by id
+select entry_id, key, value from oplog_metadata where entry_id = any(%b::int8[]) order by id
 """
-"""The metadata rows of the entries with the given ids (for a page, or an inspection)."""
+"""The metadata rows of the entries with the given ids (for a page, or an inspection): the
+ids as a packed ``pgarray.Int8Array`` (psycopg dumps a list element by element)."""
 
 ENTRIES_BY_ID = f"select {_ENTRY_COLUMNS} from oplog_entry where id = any(%s) order by id"
 ALL_ENTRIES = f"select {_ENTRY_COLUMNS} from oplog_entry order by id"

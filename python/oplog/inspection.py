@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from oplog import _sql, schema
+from oplog import _sql, pgarray, schema
 from oplog._db import execute
 from oplog.entry import Entry, Metadata, group_metadata
 from oplog.errors import DecryptError
@@ -79,7 +79,9 @@ def stored_entries(
 
 def entry_metadata(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, Metadata]:
     """The metadata of the entries `ids`, by entry id (entries without any are absent)."""
-    return group_metadata(execute(conn, _sql.ENTRY_METADATA, (ids,)).fetchall())
+    pgarray.register(conn)
+    rows = execute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),)).fetchall()
+    return group_metadata(rows)
 
 
 def count_entries(conn: psycopg.Connection[Any]) -> int:

@@ -687,7 +687,9 @@ def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> list[Any]:
     """The metadata rows of the entries `ids` (none asked, none read)."""
     if not ids:
         return []
-    return execute(conn, _sql.ENTRY_METADATA, (ids,)).fetchall()
+    pgarray.register(conn)
+    found = execute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),))
+    return found.fetchall()
 
 
 def _snapshot(conn: psycopg.Connection[Any]) -> str:

@@ -694,7 +694,9 @@ async def _metadata(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[
     """The metadata rows of the entries `ids` (none asked, none read)."""
     if not ids:
         return []
-    return await (await aexecute(conn, _sql.ENTRY_METADATA, (ids,))).fetchall()
+    pgarray.register(conn)
+    found = await aexecute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),))
+    return await found.fetchall()
 
 
 async def _snapshot(conn: psycopg.AsyncConnection[Any]) -> str:
