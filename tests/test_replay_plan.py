@@ -13,17 +13,31 @@ from oplog.mapping import Statements
 from oplog.operation import OperationOptions
 from oplog.proto.any_operation_pb2 import WithOnConflict
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
-from oplog.replay_plan import Plan, ReplayCache, Run
+from oplog.replay_plan import Plan, ReplayCache, Run, TableTraits
 from tests.db import CATALOG
 
 CREATE, UPDATE, DELETE = oplog.OpType.CREATE, oplog.OpType.UPDATE, oplog.OpType.DELETE
 
 
-def _plan(conn: psycopg.Connection[Any], ops: list[oplog.Operation]) -> Plan:
+_TYPES = {
+    "users_r": {"id": "bigint", "version": "bigint"}
+    | dict.fromkeys(("name", "phone_number", "email"), "text"),
+    "cars_r": {"id": "bigint", "model": "text", "mpg": "integer"},
+}
+
+
+def _plan(
+    conn: psycopg.Connection[Any], ops: list[oplog.Operation], commuting: bool = False
+) -> Plan:
+    """`ops` planned and arranged, as if the target tables' operations on different rows
+    commuted (`commuting`) or not."""
     plan = Plan(ReplayCache(Statements(conn, CATALOG), "_r"))
     for op in ops:
         plan.add(op)
-    plan.close()
+    for target in plan.targets:
+        key = ("id",) if commuting else None
+        plan.cache.tables[target] = TableTraits(_TYPES[target], key, frozenset())
+    plan.arrange()
     return plan
 
 
@@ -107,10 +121,6 @@ def test_a_join_of_many_rows_is_planned_for_them_and_one_row_is_prepared(
     plan = _plan(conn, ops)
     (run,) = plan.steps
     assert isinstance(run, Run)
-    columns = ("name", "phone_number", "email")
-    plan.cache.types["users_r"] = {"id": "bigint", "version": "bigint"} | dict.fromkeys(
-        columns, "text"
-    )
     query, params, prepare = plan.statement(run, conn)
     assert prepare is prepared
     assert (b"unnest" in query) == (len(ops) > 1)
@@ -132,3 +142,43 @@ def test_an_update_shape_is_checked_once_and_paths_in_lists_are_planned_too(
     for ops in ([bad], [_user(1, UPDATE, "name"), bad]):
         with pytest.raises(oplog.InvalidParameterError, match="names no column"):
             _plan(conn, ops)
+
+
+def test_operations_on_different_rows_of_commuting_tables_are_grouped(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Where operations on different rows commute, a stretch of them is one statement per
+    kind and shape, across tables; it ends at a row it touched, a key left to the database,
+    and an operation with options. Elsewhere the same page keeps every run in order."""
+    keep = OperationOptions(with_on_conflict=WithOnConflict(do_nothing=True))
+    car = oplog.Operation(TestCar(id=9, model="m"), "car", CREATE)
+    ops = [
+        _user(1),
+        _user(5, UPDATE, "name"),
+        _user(2),
+        car,
+        _user(6, DELETE),
+        _user(3),
+        _user(7, UPDATE, "name"),
+        _user(1, UPDATE, "name"),  # row 1 again: a new stretch
+        _user(4),
+        oplog.Operation(TestUser(name="generated"), "user", CREATE),  # ends the stretch
+        _user(8),
+        oplog.Operation(TestUser(id=10), "user", CREATE, options=keep),  # one by one
+        _user(11),
+    ]
+    grouped = _shape(_plan(conn, ops, commuting=True))
+    assert grouped == [
+        ("insert", 3), ("update", 2), ("insert", 1), ("delete", 1),  # users 1-3, 5, 7; car; 6
+        ("update", 1), ("insert", 1),  # user 1 renamed, user 4
+        ("insert", 1),  # the generated key
+        ("insert", 1),  # user 8
+        ("one by one", 1),
+        ("insert", 1),
+    ]  # fmt: skip
+    in_order = _shape(_plan(conn, ops))
+    assert in_order[:6] == [
+        ("insert", 1), ("update", 1), ("insert", 1), ("insert", 1), ("delete", 1),
+        ("insert", 1),
+    ]  # fmt: skip
+    assert sum(n for _, n in grouped) == sum(n for _, n in in_order) == len(ops)

@@ -9,6 +9,7 @@ The set-based plan is in :mod:`oplog.replay_plan`; this module runs it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
 from oplog.mapping import replayed_mask
 from oplog.operation import Operation, OpType
-from oplog.replay_plan import Plan, ReplayCache
+from oplog.replay_plan import Plan, ReplayCache, TableTraits
 from oplog.writer import Writer
 
 if TYPE_CHECKING:
@@ -32,12 +33,42 @@ if TYPE_CHECKING:
 
 __all__ = ["Replayer", "tables_equal"]
 
-# The columns of a table (as the search_path finds it) and their types without modifiers:
-# format_type spells varchar(3) as "character varying" and char(3) as bpchar, so a value too
-# long for its column fails on assignment as an insert of it one by one fails, not truncated.
+# The columns of a table (as the search_path finds it): each one's type without its modifier
+# (format_type spells varchar(3) as "character varying" and char(3) as bpchar, so a value too
+# long for its column fails on assignment as an insert of it one by one fails, not truncated),
+# whether it is an identity column, and its default's text (a generated column's expression
+# is computed from its own row: no default).
 _COLUMN_TYPES = (
-    "select a.attname, format_type(a.atttypid, null) from pg_attribute a"
+    "select a.attname, format_type(a.atttypid, null), a.attidentity <> '',"
+    " case when a.attgenerated = '' then pg_get_expr(d.adbin, d.adrelid) end"
+    " from pg_attribute a left join pg_attrdef d on (d.adrelid, d.adnum) = (a.attrelid, a.attnum)"
     " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0 and not a.attisdropped"
+)
+
+# Whether operations on different rows of a table commute (TableTraits.key): a plain table,
+# not inherited from or partitioned, without row security, rules, triggers (foreign keys are
+# triggers too), and without uniqueness other than its primary key; then its key's columns.
+_COMMUTING_KEY = """
+select case when c.relkind = 'r' and not c.relispartition and not c.relhassubclass
+    and not c.relrowsecurity and not c.relhasrules
+    and not exists (select from pg_trigger t where t.tgrelid = c.oid)
+    and not exists (select from pg_constraint k where k.contype in ('f', 'u', 'x')
+        and (k.conrelid = c.oid or k.confrelid = c.oid))
+    and not exists (select from pg_index i where i.indrelid = c.oid and i.indisunique
+        and not i.indisprimary)
+  then array(select a.attname::text
+    from pg_index i cross join unnest(i.indkey) with ordinality as k (attnum, n)
+    join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
+    where i.indrelid = c.oid and i.indisprimary order by k.n) end
+from pg_class c where c.oid = to_regclass(quote_ident(%s))
+"""
+
+# Defaults that are the same whichever order rows are inserted in: a constant (maybe cast) or
+# the transaction's start time.
+_STEADY_DEFAULT = re.compile(
+    r"(?:'(?:[^']|'')*'|-?[0-9][0-9.e+-]*|true|false|NULL|now\(\)|transaction_timestamp\(\)"
+    r"|CURRENT_(?:TIMESTAMP|DATE|TIME)|LOCAL(?:TIMESTAMP|TIME))"
+    r"(?:::[a-z ]+(?:\([0-9]+(?:,[0-9]+)?\))?(?:\[\])?)*"
 )
 
 
@@ -173,11 +204,11 @@ class Replayer:
         plan = Plan(self._cache)
         for op in operations:
             plan.add(op)
-        plan.close()
         conn = self._writer.conn
         for target, msg in plan.targets.items():
             self._ready_table(target, msg)
-            self._column_types(target)
+            self._table_traits(target)
+        plan.arrange()
         pgarray.register(conn)
         # Every run's statement and values before the first is sent: a value that cannot be
         # sent (a NUL in a text) fails the whole call with nothing written.
@@ -199,15 +230,26 @@ class Replayer:
         query, params, prepare = step
         execute(self._writer.conn, query, params, prepare=prepare)
 
-    def _column_types(self, table: str) -> dict[str, str]:
-        """The SQL type of each column of `table` (as the search_path finds it), without its
-        modifier (see :data:`_COLUMN_TYPES`); read once per replayer."""
-        found = self._cache.types.get(table)
+    def _table_traits(self, table: str) -> TableTraits:
+        """What set-based replay needs to know of `table` (as the search_path finds it):
+        see :class:`oplog.replay_plan.TableTraits`; read once per replayer."""
+        found = self._cache.tables.get(table)
         if found is None:
-            rows = execute(self._writer.conn, _COLUMN_TYPES, (table,)).fetchall()
-            if not rows:
+            conn = self._writer.conn
+            columns = execute(conn, _COLUMN_TYPES, (table,)).fetchall()
+            if not columns:
                 raise SchemaError(f"no table {table!r} on the search_path")
-            found = self._cache.types[table] = {str(name): str(kind) for name, kind in rows}
+            row = execute(conn, _COMMUTING_KEY, (table,)).fetchone()
+            key = row[0] if row else None
+            found = self._cache.tables[table] = TableTraits(
+                types={str(name): str(kind) for name, kind, _, _ in columns},
+                key=tuple(key) if key else None,
+                defaulted=frozenset(
+                    str(name)
+                    for name, _, identity, default in columns
+                    if identity or (default is not None and not _STEADY_DEFAULT.fullmatch(default))
+                ),
+            )
         return found
 
 

@@ -6,7 +6,7 @@ and ``AsyncReplayer``, run the plan).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from google.protobuf.message import Message
@@ -18,11 +18,24 @@ from oplog.errors import SchemaError
 from oplog.mapping import Column, Statements, TableMapping, replayed_mask
 from oplog.operation import Operation, OpType
 
-__all__ = ["Plan", "ReplayCache", "Run"]
+__all__ = ["Plan", "ReplayCache", "Run", "TableTraits"]
 
 
 _SHAPES_MAX = 4096  # update shapes remembered per replayer (each mask combination is one)
 _ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
+
+
+class _Planned(NamedTuple):
+    """An operation :meth:`Plan.add` checked: the run it can join, and its row's key (in
+    PostgreSQL's text form; None for an insert whose key the database generates)."""
+
+    kind: str
+    target: str
+    mapping: TableMapping
+    shape: tuple[Any, ...]
+    columns: list[Column]
+    key: tuple[Any, ...] | None
+    message: Message
 
 
 class Run:
@@ -47,7 +60,8 @@ class ReplayCache:
         self.statements = statements
         self.suffix = table_suffix
         self.resolved: dict[type[Message], tuple[str, TableMapping]] = {}
-        self.types: dict[str, dict[str, str]] = {}
+        self.tables: dict[str, TableTraits] = {}
+        self._commuting: dict[tuple[str, TableMapping], bool] = {}
         self.composed: dict[tuple[Any, ...], bytes] = {}
         self.updates: dict[tuple[Any, ...], tuple[list[Column], tuple[Any, ...]]] = {}
 
@@ -61,6 +75,22 @@ class ReplayCache:
         if found is None:
             target = self.target(msg)
             found = self.resolved[type(msg)] = (target, self.statements.map(msg, target))
+        return found
+
+    def commutes(self, planned: _Planned) -> bool:
+        """Whether operations of `planned`'s mapping on different rows of its target commute
+        (:attr:`TableTraits.key`): the table allows it, its key is the mapping's, and an
+        insert of the mapping leaves out no column whose default depends on order."""
+        found = self._commuting.get((planned.target, planned.mapping))
+        if found is None:
+            traits = self.tables[planned.target]
+            m = planned.mapping
+            found = (
+                traits.key is not None
+                and traits.key == tuple(c.name for c in m.primary_key)
+                and traits.defaulted <= {c.name for c in m.columns}
+            )
+            self._commuting[(planned.target, planned.mapping)] = found
         return found
 
     def update_shape(self, m: TableMapping, op: Operation) -> tuple[list[Column], tuple[Any, ...]]:
@@ -81,36 +111,56 @@ class ReplayCache:
         return found
 
 
+class TableTraits(NamedTuple):
+    """What a replayer reads once about a target table (see ``_TABLE_TRAITS`` in the
+    replayers)."""
+
+    types: dict[str, str]
+    """Each column's type, as the server spells it, without its modifier."""
+    key: tuple[str, ...] | None
+    """The primary key's columns, when operations on different rows of the table commute:
+    no trigger, rule, row security, inheritance, foreign key (either way), and no uniqueness
+    but the key's. None otherwise."""
+    defaulted: frozenset[str]
+    """Columns whose default an insert that leaves them out could make depend on the order
+    of inserts (a sequence, an identity, anything but a constant or the transaction's time)."""
+
+
 class Plan:
     """The steps of a set-based replay: runs (a statement each), and lists of operations that
-    are applied on their own, one by one."""
+    are applied on their own, one by one.
+
+    Planning is in two steps: :meth:`add` checks each operation and notes what it does
+    (nothing is grouped yet); :meth:`arrange`, once the replayer has read the target tables'
+    :class:`TableTraits` into the cache, groups them. Operations are kept in order, with one
+    exception that cannot change the result: on tables where operations on different rows
+    commute (:attr:`TableTraits.key`), a stretch of operations that each touch another row
+    (their keys given) is applied as one statement per kind and shape, whatever their order
+    within the stretch. The stretch ends at a row it already touched, at any other operation
+    (another table, a key left to the database, options), and at the page's end.
+    """
 
     def __init__(self, cache: ReplayCache) -> None:
         self.cache = cache
         self.steps: list[Run | list[Operation]] = []
-        self.current: Run | None = None
         self.count = 0
         # The tables the runs write, each with a message of its type (to create it like).
         self.targets: dict[str, Message] = {}
-
-    def close(self) -> None:
-        if self.current is not None:
-            self.steps.append(self.current)
-            self.current = None
-
-    def _single(self, op: Operation) -> None:
-        self.close()
-        if self.steps and isinstance(self.steps[-1], list):
-            self.steps[-1].append(op)
-        else:
-            self.steps.append([op])
+        # What add() noted: one operation each, in order.
+        self._planned: list[_Planned | Operation] = []
 
     def add(self, op: Operation) -> None:
+        """Checks `op` and notes the run it could join.
+
+        Raises:
+            InvalidParameterError: As the writer would for it (a path that names no column,
+                an unset key for an update or delete, ...).
+        """
         self.count += 1
         kind = _KINDS.get(op.op_type)
         if kind is None or op.options is not None:
             # Options work row by row (versions, conflicts): applied as apply() would.
-            self._single(op)
+            self._planned.append(op)
             return
         cache = self.cache
         msg = op.message
@@ -132,21 +182,67 @@ class Plan:
             key = m.key_text(msg)
             columns = m.primary_key
             shape = ()
-        run = self.current
-        if (
-            run is None
-            or run.kind != kind
-            or run.target != target
-            or run.mapping is not m
-            or run.shape != shape
-            or (key is not None and key in run.keys)
-        ):
-            self.close()
-            run = self.current = Run(kind, m, target, shape)
-            run.columns = columns
-        if key is not None:
-            run.keys.add(key)
-        run.messages.append(msg)
+        self._planned.append(_Planned(kind, target, m, shape, columns, key, msg))
+
+    def arrange(self) -> None:
+        """Groups what :meth:`add` noted into :attr:`steps` (see the class)."""
+        steps = self.steps
+        commutes = self.cache.commutes
+        # The open stretch of operations that commute: its runs by (kind, target, mapping,
+        # shape), and the rows it touched.
+        stretch: dict[tuple[Any, ...], Run] = {}
+        touched: set[tuple[str, tuple[Any, ...]]] = set()
+        current: Run | None = None  # the open run of operations kept in order
+        for item in self._planned:
+            if isinstance(item, _Planned) and item.key is not None and commutes(item):
+                if current is not None:
+                    steps.append(current)
+                    current = None
+                row = (item.target, item.key)
+                if row in touched:
+                    steps.extend(stretch.values())
+                    stretch.clear()
+                    touched.clear()
+                touched.add(row)
+                signature = (item.kind, item.target, item.mapping, item.shape)
+                run = stretch.get(signature)
+                if run is None:
+                    run = stretch[signature] = Run(item.kind, item.mapping, item.target, item.shape)
+                    run.columns = item.columns
+                run.messages.append(item.message)
+                continue
+            if stretch:
+                steps.extend(stretch.values())
+                stretch.clear()
+                touched.clear()
+            if not isinstance(item, _Planned):
+                if current is not None:
+                    steps.append(current)
+                    current = None
+                if steps and isinstance(steps[-1], list):
+                    steps[-1].append(item)
+                else:
+                    steps.append([item])
+                continue
+            if (
+                current is None
+                or current.kind != item.kind
+                or current.target != item.target
+                or current.mapping is not item.mapping
+                or current.shape != item.shape
+                or (item.key is not None and item.key in current.keys)
+            ):
+                if current is not None:
+                    steps.append(current)
+                current = Run(item.kind, item.mapping, item.target, item.shape)
+                current.columns = item.columns
+            if item.key is not None:
+                current.keys.add(item.key)
+            current.messages.append(item.message)
+        steps.extend(stretch.values())
+        if current is not None:
+            steps.append(current)
+        self._planned = []
 
     def statement(
         self, run: Run, context: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
@@ -183,7 +279,7 @@ class Plan:
 
     def _compose(self, run: Run, names: list[str], single: bool) -> sql.Composed:
         # The replayer reads each target's column types before it asks for statements.
-        types = self.cache.types[run.target]
+        types = self.cache.tables[run.target].types
         table = sql.Identifier(run.target)
         unnest = sql.SQL("unnest({}) as u ({})").format(
             sql.SQL(", ").join(sql.SQL("%b::text[]") * len(names)),
