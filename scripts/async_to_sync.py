@@ -47,6 +47,8 @@ RENAMES = {
     "AsyncServerCursor": "ServerCursor",
     "AsyncWriter": "Writer",
     "AEvent": "Event",
+    "StopAsyncIteration": "StopIteration",
+    "__anext__": "__next__",
     "aclose": "close",
     "acursor": "cursor",
     "aexecute": "execute",

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 import oplog
+from oplog.proto.oplog_test_pb2 import TestUser
 from tests import workers
 from tests.db import CATALOG, TEST_TABLES, WRAPPER, rows
 from tests.pg import Server, second_server
@@ -141,3 +142,66 @@ def test_four_partition_workers_replicate_eight_writers(
             assert rows(replica, table, "id") == live, f"{table} differs on the replica"
         names = [r[0] for r in replica.execute("select name from oplog_consumer order by 1")]
     assert names == [f"parts/{k}-of-4" for k in range(4)]
+
+
+@pytest.fixture
+def empty_replica(replica_dsn: str) -> str:
+    """The replica database with its tables and consumers emptied."""
+    with psycopg.connect(replica_dsn, autocommit=True) as b:
+        b.execute("truncate users, cars, rentals, documents, oplog_consumer")
+    return replica_dsn
+
+
+def _write_users(conn: psycopg.Connection[Any], ids: range, log: oplog.Oplog = LOG) -> None:
+    for i in ids:
+        user = oplog.Operation(TestUser(id=i, name=f"u{i}"), "user", oplog.OpType.CREATE)
+        log.write(conn, f"a{i}", [user])
+        conn.commit()
+
+
+def test_reading_ahead_never_holds_a_page_until_the_next_poll(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """replicate reads the next page while the target applies the current one; when the
+    tail has caught up it does not wait for new entries inside the page's transaction: the
+    last page commits at once, not a poll interval (30 s here) later."""
+    _write_users(conn, range(1, 4))
+    stop = threading.Event()
+    done: list[int] = []
+
+    def replicate() -> None:
+        with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(empty_replica) as b:
+            done.append(LOG.replicate(a, b, "r", batch_size=2, poll_interval=30, stop=stop))
+
+    thread = threading.Thread(target=replicate)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        with psycopg.connect(empty_replica, autocommit=True) as b:
+            while b.execute("select count(*) from users").fetchone() != (3,):
+                assert time.monotonic() < deadline, "the last page was not committed in 10 s"
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert done == [3]
+
+
+def test_an_entry_that_does_not_decrypt_stops_replication_after_the_page_before_it(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """The next page is read while the current one is applied; an entry of it that does not
+    decrypt raises only once the current page has committed, as it would without reading
+    ahead: the replica keeps the entries before it, and their position."""
+    _write_users(conn, range(1, 3))
+    other = oplog.Oplog(oplog.AeadWrapper(bytes(32), "other-key"), CATALOG)
+    _write_users(conn, range(3, 4), other)
+    with (
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(empty_replica) as b,
+        pytest.raises(oplog.DecryptError, match="does not decrypt"),
+    ):
+        LOG.replicate(a, b, "r", batch_size=2, follow=False)
+    with psycopg.connect(empty_replica) as b:
+        assert rows(b, "users", "id") == [(1, "u1", "", "", 0), (2, "u2", "", "", 0)]
+        assert oplog.Consumer("r").position(b) != oplog.Checkpoint.START

@@ -268,6 +268,11 @@ class TailCursor:
         self.poll_found += len(entries)
         return TailPage(entries, p.seen, p.reading, self.position)
 
+    def idle(self) -> TailPage:
+        """An empty page at the current position (see ``_pages(idle_pages=True)``)."""
+        p = self.position
+        return TailPage([], p.seen, p.reading or p.seen, p)
+
     @property
     def caught_up(self) -> bool:
         """The last poll, taken by this tail, is fully delivered and found nothing new: every

@@ -444,8 +444,11 @@ class Oplog(OplogSettings):
         stop: Event | None,
         follow: bool,
         partition: tuple[int, int] | None,
+        idle_pages: bool = False,
     ) -> Generator[TailPage, None, None]:
-        """The pages of a tail (see :meth:`tail`); never yields an empty page."""
+        """The pages of a tail (see :meth:`tail`). An empty page only with `idle_pages`: it
+        says that the tail has caught up and will wait for new entries when resumed (so that
+        a consumer reading ahead does not wait inside its transaction)."""
         check_tail_arguments(conn, batch_size, poll_interval, channel)
         cursor = TailCursor(after, batch_size, check_partition(partition))
         if channel is not None:
@@ -474,6 +477,8 @@ class Oplog(OplogSettings):
             if cursor.caught_up:
                 if not follow:
                     return
+                if idle_pages:
+                    yield cursor.idle()
                 _wait(conn, channel, poll_interval, stop)
 
     def consume(
@@ -510,7 +515,7 @@ class Oplog(OplogSettings):
             The number of entries applied (when `follow` is False or `stop` is set).
         """
 
-        def apply_page(conn: psycopg.Connection[Any], entries: list[Entry]) -> None:
+        def apply_page(conn: psycopg.Connection[Any], entries: list[Entry], _: NextPage) -> None:
             for entry in entries:
                 apply(conn, entry)
 
@@ -551,9 +556,13 @@ class Oplog(OplogSettings):
         catalog = self.catalog
         replayer = Replayer(Writer(target, catalog), "")
 
-        def replay(conn: psycopg.Connection[Any], entries: list[Entry]) -> None:
+        def replay(
+            conn: psycopg.Connection[Any], entries: list[Entry], following: NextPage
+        ) -> None:
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
-            replayer.apply_entries(entries, catalog)
+            # The next page is read from the source while the target runs this one's
+            # statements.
+            replayer.apply_entries(entries, catalog, meanwhile=following.fetch)
             if copy_log and entries:
                 _copy_log(source, conn, entries)
 
@@ -567,7 +576,7 @@ class Oplog(OplogSettings):
         source: psycopg.Connection[Any],
         target: psycopg.Connection[Any],
         consumer: Consumer,
-        apply_page: Callable[[psycopg.Connection[Any], list[Entry]], None],
+        apply_page: Callable[[psycopg.Connection[Any], list[Entry], NextPage], None],
         batch_size: int,
         poll_interval: float,
         channel: str | None,
@@ -585,10 +594,17 @@ class Oplog(OplogSettings):
         while True:
             restart = False
             pages = self._pages(
-                source, position, batch_size, poll_interval, channel, stop, follow, partition
-            )
+                source, position, batch_size, poll_interval, channel, stop, follow, partition,
+                idle_pages=True,
+            )  # fmt: skip
             try:
-                for page in pages:
+                page = _next_page(pages)
+                while page is not None:
+                    if not page:
+                        # Caught up: the tail waits for new entries, outside any transaction.
+                        page = _next_page(pages)
+                        continue
+                    following = NextPage(pages)
                     with target.transaction():
                         stored = consumer.position(target, lock=True)
                         if stored != position:
@@ -596,7 +612,7 @@ class Oplog(OplogSettings):
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
-                        apply_page(target, page.entries)
+                        apply_page(target, page.entries, following)
                         position = page.end
                         consumer.save(target, position)
                     applied += len(page)
@@ -605,10 +621,49 @@ class Oplog(OplogSettings):
                     )
                     if on_commit is not None:
                         on_commit(len(page), position)
+                    page = following.get()
             finally:
                 pages.close()
             if not restart:
                 return applied
+
+
+def _next_page(pages: Generator[TailPage, None, None]) -> TailPage | None:
+    try:
+        return pages.__next__()
+    except StopIteration:
+        return None
+
+
+class NextPage:
+    """The page a consumer applies after the current one: read while the target applies the
+    current page when the apply asks for it (:meth:`fetch`), else once that page has
+    committed. The tail gives an empty page instead of waiting for new entries, so reading
+    ahead never waits inside the current page's transaction; an error reading the next page
+    is raised only when it is wanted, after the current page committed."""
+
+    def __init__(self, pages: Generator[TailPage, None, None]) -> None:
+        self._pages = pages
+        self._read = False
+        self._page: TailPage | None = None
+        self._error: Exception | None = None
+
+    def fetch(self) -> None:
+        """Reads the next page (once)."""
+        if self._read:
+            return
+        self._read = True
+        try:
+            self._page = _next_page(self._pages)
+        except Exception as exc:  # raised by get(), once the current page has committed
+            self._error = exc
+
+    def get(self) -> TailPage | None:
+        """The next page (None when the tail has ended)."""
+        self.fetch()
+        if self._error is not None:
+            raise self._error
+        return self._page
 
 
 def _consumer(consumer: Consumer | str, partition: tuple[int, int] | None) -> Consumer:

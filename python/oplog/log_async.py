@@ -449,8 +449,11 @@ class AsyncOplog(OplogSettings):
         stop: AEvent | None,
         follow: bool,
         partition: tuple[int, int] | None,
+        idle_pages: bool = False,
     ) -> AsyncGenerator[TailPage, None]:
-        """The pages of a tail (see :meth:`tail`); never yields an empty page."""
+        """The pages of a tail (see :meth:`tail`). An empty page only with `idle_pages`: it
+        says that the tail has caught up and will wait for new entries when resumed (so that
+        a consumer reading ahead does not wait inside its transaction)."""
         check_tail_arguments(conn, batch_size, poll_interval, channel)
         cursor = TailCursor(after, batch_size, check_partition(partition))
         if channel is not None:
@@ -479,6 +482,8 @@ class AsyncOplog(OplogSettings):
             if cursor.caught_up:
                 if not follow:
                     return
+                if idle_pages:
+                    yield cursor.idle()
                 await _wait(conn, channel, poll_interval, stop)
 
     async def consume(
@@ -515,7 +520,9 @@ class AsyncOplog(OplogSettings):
             The number of entries applied (when `follow` is False or `stop` is set).
         """
 
-        async def apply_page(conn: psycopg.AsyncConnection[Any], entries: list[Entry]) -> None:
+        async def apply_page(
+            conn: psycopg.AsyncConnection[Any], entries: list[Entry], _: NextPage
+        ) -> None:
             for entry in entries:
                 await apply(conn, entry)
 
@@ -556,9 +563,13 @@ class AsyncOplog(OplogSettings):
         catalog = self.catalog
         replayer = AsyncReplayer(AsyncWriter(target, catalog), "")
 
-        async def replay(conn: psycopg.AsyncConnection[Any], entries: list[Entry]) -> None:
+        async def replay(
+            conn: psycopg.AsyncConnection[Any], entries: list[Entry], following: NextPage
+        ) -> None:
             # The page at once, set-based (see AsyncReplayer.apply_many); `conn` is `target`.
-            await replayer.apply_entries(entries, catalog)
+            # The next page is read from the source while the target runs this one's
+            # statements.
+            await replayer.apply_entries(entries, catalog, meanwhile=following.fetch)
             if copy_log and entries:
                 await _copy_log(source, conn, entries)
 
@@ -572,7 +583,9 @@ class AsyncOplog(OplogSettings):
         source: psycopg.AsyncConnection[Any],
         target: psycopg.AsyncConnection[Any],
         consumer: AsyncConsumer,
-        apply_page: Callable[[psycopg.AsyncConnection[Any], list[Entry]], Awaitable[None]],
+        apply_page: Callable[
+            [psycopg.AsyncConnection[Any], list[Entry], NextPage], Awaitable[None]
+        ],
         batch_size: int,
         poll_interval: float,
         channel: str | None,
@@ -590,10 +603,17 @@ class AsyncOplog(OplogSettings):
         while True:
             restart = False
             pages = self._pages(
-                source, position, batch_size, poll_interval, channel, stop, follow, partition
-            )
+                source, position, batch_size, poll_interval, channel, stop, follow, partition,
+                idle_pages=True,
+            )  # fmt: skip
             try:
-                async for page in pages:
+                page = await _next_page(pages)
+                while page is not None:
+                    if not page:
+                        # Caught up: the tail waits for new entries, outside any transaction.
+                        page = await _next_page(pages)
+                        continue
+                    following = NextPage(pages)
                     async with target.transaction():
                         stored = await consumer.position(target, lock=True)
                         if stored != position:
@@ -601,7 +621,7 @@ class AsyncOplog(OplogSettings):
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
-                        await apply_page(target, page.entries)
+                        await apply_page(target, page.entries, following)
                         position = page.end
                         await consumer.save(target, position)
                     applied += len(page)
@@ -610,10 +630,49 @@ class AsyncOplog(OplogSettings):
                     )
                     if on_commit is not None:
                         on_commit(len(page), position)
+                    page = await following.get()
             finally:
                 await pages.aclose()
             if not restart:
                 return applied
+
+
+async def _next_page(pages: AsyncGenerator[TailPage, None]) -> TailPage | None:
+    try:
+        return await pages.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class NextPage:
+    """The page a consumer applies after the current one: read while the target applies the
+    current page when the apply asks for it (:meth:`fetch`), else once that page has
+    committed. The tail gives an empty page instead of waiting for new entries, so reading
+    ahead never waits inside the current page's transaction; an error reading the next page
+    is raised only when it is wanted, after the current page committed."""
+
+    def __init__(self, pages: AsyncGenerator[TailPage, None]) -> None:
+        self._pages = pages
+        self._read = False
+        self._page: TailPage | None = None
+        self._error: Exception | None = None
+
+    async def fetch(self) -> None:
+        """Reads the next page (once)."""
+        if self._read:
+            return
+        self._read = True
+        try:
+            self._page = await _next_page(self._pages)
+        except Exception as exc:  # raised by get(), once the current page has committed
+            self._error = exc
+
+    async def get(self) -> TailPage | None:
+        """The next page (None when the tail has ended)."""
+        await self.fetch()
+        if self._error is not None:
+            raise self._error
+        return self._page
 
 
 def _consumer(consumer: AsyncConsumer | str, partition: tuple[int, int] | None) -> AsyncConsumer:

@@ -10,7 +10,7 @@ The set-based plan is in :mod:`oplog.replay_plan`; this module runs it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -168,9 +168,16 @@ class AsyncReplayer:
 
     # --- set-based replay ---------------------------------------------------------------------
 
-    async def apply_entries(self, entries: Iterable[Entry], catalog: TypeCatalog) -> int:
+    async def apply_entries(
+        self,
+        entries: Iterable[Entry],
+        catalog: TypeCatalog,
+        *,
+        meanwhile: Callable[[], Awaitable[object]] | None = None,
+    ) -> int:
         """Applies the operations of (decrypted) entries, in order, with as few statements as
-        their order allows (see :meth:`apply_many`); returns how many entries were applied.
+        their order allows (see :meth:`apply_many`, also for `meanwhile`); returns how many
+        entries were applied.
 
         Raises:
             DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply_entry`.
@@ -183,10 +190,15 @@ class AsyncReplayer:
             except (DecodeError, UnknownTypeError) as exc:
                 raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
             count += 1
-        await self.apply_many(operations)
+        await self.apply_many(operations, meanwhile=meanwhile)
         return count
 
-    async def apply_many(self, operations: Iterable[Operation]) -> int:
+    async def apply_many(
+        self,
+        operations: Iterable[Operation],
+        *,
+        meanwhile: Callable[[], Awaitable[object]] | None = None,
+    ) -> int:
         """Applies `operations` in order, as :meth:`apply` does, but set-based: each run of
         consecutive operations of one kind on one table with one shape (the same columns set
         and nulled, keys given or generated) is one statement over array parameters, and the
@@ -194,6 +206,10 @@ class AsyncReplayer:
         another kind, table or shape; a row the run already touched; an operation with
         options (applied on its own, as :meth:`apply` would). The result is that of
         :meth:`apply`, row for row.
+
+        `meanwhile`, if given, is called (and awaited) once the statements are sent and before
+        their results are awaited: work on other connections that overlaps with the server's
+        (a consumer reads its next page then).
 
         Returns:
             The number of operations applied.
@@ -215,12 +231,16 @@ class AsyncReplayer:
         steps = [
             step if isinstance(step, list) else plan.statement(step, conn) for step in plan.steps
         ]
-        if len(steps) == 1 and not isinstance(steps[0], list):
+        if meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list):
             await self._run_step(steps[0])
         elif steps:
             async with conn.pipeline():
                 for step in steps:
                     await self._run_step(step)
+                if meanwhile is not None:
+                    await meanwhile()
+        elif meanwhile is not None:
+            await meanwhile()
         return plan.count
 
     async def _run_step(self, step: tuple[bytes, list[Any], bool | None] | list[Operation]) -> None:
