@@ -205,3 +205,28 @@ def test_an_entry_that_does_not_decrypt_stops_replication_after_the_page_before_
     with psycopg.connect(empty_replica) as b:
         assert rows(b, "users", "id") == [(1, "u1", "", "", 0), (2, "u2", "", "", 0)]
         assert oplog.Consumer("r").position(b) != oplog.Checkpoint.START
+
+
+def test_an_entry_that_does_not_decode_stops_replication_after_the_page_before_it(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """The page read ahead is also decoded and planned while the current one is applied; an
+    entry of it that decrypts but does not decode raises (naming it) only once the current
+    page has committed."""
+    _write_users(conn, range(1, 3))
+    conn.execute(
+        "insert into oplog_entry (version, aggregate_name, data, key_id) values ('v2', 'a3', %s,"
+        " %s)",
+        (WRAPPER.encrypt(b"\xff not a queue"), WRAPPER.key_id),
+    )
+    bad = conn.execute("select max(id) from oplog_entry").fetchone()
+    conn.commit()
+    assert bad is not None
+    with (
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(empty_replica) as b,
+        pytest.raises(oplog.DecodeError, match=f"entry {bad[0]}"),
+    ):
+        LOG.replicate(a, b, "r", batch_size=2, follow=False)
+    with psycopg.connect(empty_replica) as b:
+        assert rows(b, "users", "id") == [(1, "u1", "", "", 0), (2, "u2", "", "", 0)]
