@@ -307,6 +307,30 @@ def test_a_page_that_reordering_would_break_replays_as_one_by_one(
         assert replayer._cache.tables["users_many"].key == (None if unique else ("id",))
 
 
+def test_a_replayer_sees_a_unique_index_added_while_it_runs(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A long-running replayer (a replica's) reads each target's traits for every page: a
+    unique index added to the target after a page was applied keeps the next page in order
+    (which it needs, here), instead of reordering it as the first page was."""
+    reset(conn)
+    conn.execute("create table users_live (like users including all)")
+    replayer = oplog.Replayer(oplog.Writer(conn, CATALOG), "_live")
+    first = [
+        oplog.Operation(TestUser(id=i, email=f"{i}@e"), "user", oplog.OpType.CREATE) for i in (1, 2)
+    ]
+    replayer.apply_many(first)
+    assert replayer._cache.tables["users_live"].key == ("id",)
+    conn.execute("create unique index on users_live (email)")
+    second = [
+        oplog.Operation(TestUser(id=3, email="3@e"), "user", oplog.OpType.CREATE),
+        oplog.Operation(TestUser(id=1), "user", oplog.OpType.DELETE),
+        oplog.Operation(TestUser(id=4, email="1@e"), "user", oplog.OpType.CREATE),
+    ]
+    replayer.apply_many(second)
+    assert [r[0] for r in rows(conn, "users_live")] == [2, 3, 4]
+
+
 @pytest.fixture
 def empty_dsn(pg: Server) -> Iterator[str]:
     """A fresh database on the test server, migrated, with empty test tables."""

@@ -33,34 +33,35 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncReplayer", "tables_equal"]
 
-# The columns of a table (as the search_path finds it): each one's type without its modifier
-# (format_type spells varchar(3) as "character varying" and char(3) as bpchar, so a value too
-# long for its column fails on assignment as an insert of it one by one fails, not truncated),
-# whether it is an identity column, and its default's text (a generated column's expression
-# is computed from its own row: no default).
-_COLUMN_TYPES = (
-    "select a.attname, format_type(a.atttypid, null), a.attidentity <> '',"
-    " case when a.attgenerated = '' then pg_get_expr(d.adbin, d.adrelid) end"
-    " from pg_attribute a left join pg_attrdef d on (d.adrelid, d.adnum) = (a.attrelid, a.attnum)"
-    " where a.attrelid = to_regclass(quote_ident(%s)) and a.attnum > 0 and not a.attisdropped"
-)
-
-# Whether operations on different rows of a table commute (TableTraits.key): a plain table,
-# not inherited from or partitioned, without row security, rules, triggers (foreign keys are
-# triggers too), and without uniqueness other than its primary key; then its key's columns.
-_COMMUTING_KEY = """
-select case when c.relkind = 'r' and not c.relispartition and not c.relhassubclass
-    and not c.relrowsecurity and not c.relhasrules
-    and not exists (select from pg_trigger t where t.tgrelid = c.oid)
-    and not exists (select from pg_constraint k where k.contype in ('f', 'u', 'x')
+# What set-based replay needs to know of a table (as the search_path finds it), one row per
+# column: its name; its type without its modifier (format_type spells varchar(3) as "character
+# varying" and char(3) as bpchar, so a value too long for its column fails on assignment as an
+# insert of it one by one fails, not truncated); whether it is an identity column; its
+# default's text (a generated column's expression is computed from its own row: no default);
+# and, the same on every row, the table's primary key columns if operations on different rows
+# of it commute (TableTraits.key): a plain table, not inherited from or partitioned, without
+# row security, rules, triggers (foreign keys are triggers too), and without uniqueness other
+# than its primary key. Read for every page: a replica's tables may change while it runs.
+_TABLE_TRAITS = """
+with t as (
+  select c.oid, case when c.relkind = 'r' and not c.relispartition and not c.relhassubclass
+      and not c.relrowsecurity and not c.relhasrules
+      and not exists (select from pg_trigger t where t.tgrelid = c.oid)
+      and not exists (select from pg_constraint k where k.contype in ('f', 'u', 'x')
         and (k.conrelid = c.oid or k.confrelid = c.oid))
-    and not exists (select from pg_index i where i.indrelid = c.oid and i.indisunique
+      and not exists (select from pg_index i where i.indrelid = c.oid and i.indisunique
         and not i.indisprimary)
-  then array(select a.attname::text
-    from pg_index i cross join unnest(i.indkey) with ordinality as k (attnum, n)
-    join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
-    where i.indrelid = c.oid and i.indisprimary order by k.n) end
-from pg_class c where c.oid = to_regclass(quote_ident(%s))
+    then array(select a.attname::text
+      from pg_index i cross join unnest(i.indkey) with ordinality as k (attnum, n)
+      join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
+      where i.indrelid = c.oid and i.indisprimary order by k.n) end as key
+  from pg_class c where c.oid = to_regclass(quote_ident(%s))
+)
+select a.attname, format_type(a.atttypid, null), a.attidentity <> '',
+  case when a.attgenerated = '' then pg_get_expr(d.adbin, d.adrelid) end, t.key
+from t join pg_attribute a on a.attrelid = t.oid
+left join pg_attrdef d on (d.adrelid, d.adnum) = (a.attrelid, a.attnum)
+where a.attnum > 0 and not a.attisdropped
 """
 
 # Defaults that are the same whichever order rows are inserted in: a constant (maybe cast) or
@@ -252,25 +253,24 @@ class AsyncReplayer:
 
     async def _table_traits(self, table: str) -> TableTraits:
         """What set-based replay needs to know of `table` (as the search_path finds it):
-        see :class:`oplog.replay_plan.TableTraits`; read once per replayer."""
-        found = self._cache.tables.get(table)
-        if found is None:
-            conn = self._writer.conn
-            columns = await (await aexecute(conn, _COLUMN_TYPES, (table,))).fetchall()
-            if not columns:
-                raise SchemaError(f"no table {table!r} on the search_path")
-            row = await (await aexecute(conn, _COMMUTING_KEY, (table,))).fetchone()
-            key = row[0] if row else None
-            found = self._cache.tables[table] = TableTraits(
-                types={str(name): str(kind) for name, kind, _, _ in columns},
-                key=tuple(key) if key else None,
-                defaulted=frozenset(
-                    str(name)
-                    for name, _, identity, default in columns
-                    if identity or (default is not None and not _STEADY_DEFAULT.fullmatch(default))
-                ),
-            )
-        return found
+        see :class:`oplog.replay_plan.TableTraits`; read again for every call of
+        :meth:`apply_many` (a replica's tables may gain a unique index or a trigger while a
+        replicator runs)."""
+        columns = await (await aexecute(self._writer.conn, _TABLE_TRAITS, (table,))).fetchall()
+        if not columns:
+            raise SchemaError(f"no table {table!r} on the search_path")
+        key = columns[0][4]
+        traits = TableTraits(
+            types={str(name): str(kind) for name, kind, _, _, _ in columns},
+            key=tuple(key) if key else None,
+            defaulted=frozenset(
+                str(name)
+                for name, _, identity, default, _ in columns
+                if identity or (default is not None and not _STEADY_DEFAULT.fullmatch(default))
+            ),
+        )
+        self._cache.set_traits(table, traits)
+        return traits
 
 
 async def tables_equal(conn: psycopg.AsyncConnection[Any], live: str, replayed: str) -> bool:

@@ -77,6 +77,13 @@ class ReplayCache:
             found = self.resolved[type(msg)] = (target, self.statements.map(msg, target))
         return found
 
+    def set_traits(self, target: str, traits: TableTraits) -> None:
+        """Records what the replayer read of `target` (for the plan it is about to run)."""
+        if self.tables.get(target) != traits:
+            self.tables[target] = traits
+            for key in [k for k in self._commuting if k[0] == target]:
+                del self._commuting[key]
+
     def commutes(self, planned: _Planned) -> bool:
         """Whether operations of `planned`'s mapping on different rows of its target commute
         (:attr:`TableTraits.key`): the table allows it, its key is the mapping's, and an
@@ -269,8 +276,10 @@ class Plan:
             # Each column's values in PostgreSQL's text form, packed by the Rust core.
             specs = [m.text_specs[name] for name in names]
             params = list(map(pgarray.TextArray, _core.pack_text_columns(run.messages, specs)))
-        # Composing costs more than sending: each shape is composed once per replayer.
-        key = (run.kind, run.target, run.shape, single, *names)
+        # Composing costs more than sending: each shape is composed once per replayer (and
+        # column types: the table may have been altered since).
+        types = self.cache.tables[run.target].types
+        key = (run.kind, run.target, run.shape, single, *names, *(types.get(n) for n in names))
         query = self.cache.composed.get(key)
         if query is None:
             query = self.cache.composed[key] = self._compose(run, names, single).as_bytes(context)
