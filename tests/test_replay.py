@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,9 +311,10 @@ def test_a_page_that_reordering_would_break_replays_as_one_by_one(
 def test_a_replayer_sees_a_unique_index_added_while_it_runs(
     conn: psycopg.Connection[Any],
 ) -> None:
-    """A long-running replayer (a replica's) reads each target's traits for every page: a
-    unique index added to the target after a page was applied keeps the next page in order
-    (which it needs, here), instead of reordering it as the first page was."""
+    """A long-running replayer (a replica's) reads its targets' traits again once they are a
+    second old (TRAITS_TTL): a unique index added to the target after a page was applied keeps
+    a later page in order (which it needs, here), instead of reordering it as the first page
+    was."""
     reset(conn)
     conn.execute("create table users_live (like users including all)")
     replayer = oplog.Replayer(oplog.Writer(conn, CATALOG), "_live")
@@ -322,6 +324,7 @@ def test_a_replayer_sees_a_unique_index_added_while_it_runs(
     replayer.apply_many(first)
     assert replayer._cache.tables["users_live"].key == ("id",)
     conn.execute("create unique index on users_live (email)")
+    time.sleep(oplog.replay.TRAITS_TTL + 0.1)
     second = [
         oplog.Operation(TestUser(id=3, email="3@e"), "user", oplog.OpType.CREATE),
         oplog.Operation(TestUser(id=1), "user", oplog.OpType.DELETE),

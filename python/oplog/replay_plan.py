@@ -5,6 +5,7 @@ and ``AsyncReplayer``, run the plan).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -61,6 +62,7 @@ class ReplayCache:
         self.suffix = table_suffix
         self.resolved: dict[type[Message], tuple[str, TableMapping]] = {}
         self.tables: dict[str, TableTraits] = {}
+        self._read_at: dict[str, float] = {}
         self._commuting: dict[tuple[str, TableMapping], bool] = {}
         self.composed: dict[tuple[Any, ...], bytes] = {}
         self.updates: dict[tuple[Any, ...], tuple[list[Column], tuple[Any, ...]]] = {}
@@ -77,8 +79,16 @@ class ReplayCache:
             found = self.resolved[type(msg)] = (target, self.statements.map(msg, target))
         return found
 
+    def fresh_traits(self, target: str, ttl: float) -> TableTraits | None:
+        """What the replayer read of `target`, unless that is `ttl` seconds old or more."""
+        read_at = self._read_at.get(target)
+        if read_at is None or time.monotonic() - read_at >= ttl:
+            return None
+        return self.tables[target]
+
     def set_traits(self, target: str, traits: TableTraits) -> None:
         """Records what the replayer read of `target` (for the plan it is about to run)."""
+        self._read_at[target] = time.monotonic()
         if self.tables.get(target) != traits:
             self.tables[target] = traits
             for key in [k for k in self._commuting if k[0] == target]:
