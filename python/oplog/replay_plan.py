@@ -129,8 +129,8 @@ class ReplayCache:
 
 
 class TableTraits(NamedTuple):
-    """What a replayer reads once about a target table (see ``_TABLE_TRAITS`` in the
-    replayers)."""
+    """What a replayer reads about a target table, and reads again once it is
+    ``TRAITS_TTL`` seconds old (see ``_TABLE_TRAITS`` in the replayers)."""
 
     types: dict[str, str]
     """Each column's type, as the server spells it, without its modifier."""
