@@ -10,6 +10,9 @@ pub const TEXT_OID: u32 = 25;
 pub const BYTEA_OID: u32 = 17;
 pub const INT8_OID: u32 = 20;
 
+/// `ndim has_null element_oid length lower_bound`: five 4-byte fields.
+const HEADER_LEN: usize = 20;
+
 fn header(out: &mut Vec<u8>, has_null: bool, oid: u32, len: usize) -> Result<()> {
     let len = i32::try_from(len).map_err(|_| CodecError::ArrayTooLong { len })?;
     out.extend_from_slice(&1i32.to_be_bytes());
@@ -27,49 +30,43 @@ fn header(out: &mut Vec<u8>, has_null: bool, oid: u32, len: usize) -> Result<()>
 /// an element of 2 GiB or more.
 pub fn pack_varlena(oid: u32, items: &[Option<&[u8]>]) -> Result<Vec<u8>> {
     let payload: usize = items.iter().map(|i| 4 + i.map_or(0, <[u8]>::len)).sum();
-    let mut out = Vec::with_capacity(20 + payload);
-    header(
-        &mut out,
-        items.iter().any(Option::is_none),
-        oid,
-        items.len(),
-    )?;
-    for (index, item) in items.iter().enumerate() {
+    let mut array = VarlenaBuilder::new(oid, payload);
+    for item in items {
         match item {
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            None => array.null(),
             Some(bytes) => {
-                let len = i32::try_from(bytes.len()).map_err(|_| CodecError::ElementTooLarge {
-                    index,
-                    len: bytes.len(),
-                })?;
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(bytes);
+                array.begin();
+                array.body.extend_from_slice(bytes);
+                array.end()?;
             }
         }
     }
-    Ok(out)
+    array.finish()
 }
 
 /// Builds a one-dimensional array of variable-length elements one element at a time, for
 /// elements written in place (no intermediate list of slices): [`Self::begin`] an element,
-/// write its bytes to [`Self::body`], [`Self::end`] it; or [`Self::null`].
+/// write its bytes to [`Self::body`], [`Self::end`] it; or [`Self::null`]. The header's 20
+/// bytes are reserved at the start of `body` and filled in by [`Self::finish`].
 pub struct VarlenaBuilder {
     oid: u32,
     count: usize,
     has_null: bool,
     start: usize,
-    /// The elements so far, each with its length prefix.
+    /// The header's place, then the elements so far, each with its length prefix.
     pub body: Vec<u8>,
 }
 
 impl VarlenaBuilder {
     pub fn new(oid: u32, capacity: usize) -> Self {
+        let mut body = Vec::with_capacity(HEADER_LEN + capacity);
+        body.resize(HEADER_LEN, 0);
         Self {
             oid,
             count: 0,
             has_null: false,
-            start: 0,
-            body: Vec::with_capacity(capacity),
+            start: HEADER_LEN,
+            body,
         }
     }
 
@@ -115,11 +112,11 @@ impl VarlenaBuilder {
     ///
     /// # Errors
     /// [`CodecError::ArrayTooLong`] beyond `i32::MAX` elements.
-    pub fn finish(self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(20 + self.body.len());
-        header(&mut out, self.has_null, self.oid, self.count)?;
-        out.extend_from_slice(&self.body);
-        Ok(out)
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        header(&mut head, self.has_null, self.oid, self.count)?;
+        self.body[..HEADER_LEN].copy_from_slice(&head);
+        Ok(self.body)
     }
 }
 

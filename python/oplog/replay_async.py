@@ -44,7 +44,7 @@ __all__ = ["AsyncReplayer", "tables_equal"]
 # than its primary key. Read again once TRAITS_TTL has passed: a replica's tables may change
 # while it runs.
 _TABLE_TRAITS = """
-with t as (
+with t as materialized (  -- the table once, not once per column
   select c.oid, case when c.relkind = 'r' and not c.relispartition and not c.relhassubclass
       and not c.relrowsecurity and not c.relhasrules
       and not exists (select from pg_trigger t where t.tgrelid = c.oid)

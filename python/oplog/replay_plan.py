@@ -50,7 +50,6 @@ class Run:
         self.columns: list[Column] = []
         # The run's messages; its statement's values are their columns (see Plan.statement).
         self.messages: list[Message] = []
-        self.keys: set[tuple[Any, ...]] = set()
 
 
 class ReplayCache:
@@ -205,60 +204,44 @@ class Plan:
         """Groups what :meth:`add` noted into :attr:`steps` (see the class)."""
         steps = self.steps
         commutes = self.cache.commutes
-        # The open stretch of operations that commute: its runs by (kind, target, mapping,
-        # shape), and the rows it touched.
-        stretch: dict[tuple[Any, ...], Run] = {}
+        # The open group: a stretch of operations that commute (any number of runs, by
+        # kind, target, mapping and shape), or else one run kept in order; and the rows
+        # (target, key) it touched.
+        runs: dict[tuple[Any, ...], Run] = {}
         touched: set[tuple[str, tuple[Any, ...]]] = set()
-        current: Run | None = None  # the open run of operations kept in order
+        stretch = False
+
+        def close() -> None:
+            steps.extend(runs.values())
+            runs.clear()
+            touched.clear()
+
         for item in self._planned:
-            if isinstance(item, _Planned) and item.key is not None and commutes(item):
-                if current is not None:
-                    steps.append(current)
-                    current = None
-                row = (item.target, item.key)
-                if row in touched:
-                    steps.extend(stretch.values())
-                    stretch.clear()
-                    touched.clear()
-                touched.add(row)
-                signature = (item.kind, item.target, item.mapping, item.shape)
-                run = stretch.get(signature)
-                if run is None:
-                    run = stretch[signature] = Run(item.kind, item.mapping, item.target, item.shape)
-                    run.columns = item.columns
-                run.messages.append(item.message)
-                continue
-            if stretch:
-                steps.extend(stretch.values())
-                stretch.clear()
-                touched.clear()
             if not isinstance(item, _Planned):
-                if current is not None:
-                    steps.append(current)
-                    current = None
+                close()
                 if steps and isinstance(steps[-1], list):
                     steps[-1].append(item)
                 else:
                     steps.append([item])
                 continue
+            commuting = item.key is not None and commutes(item)
+            signature = (item.kind, item.target, item.mapping, item.shape)
+            row = None if item.key is None else (item.target, item.key)
             if (
-                current is None
-                or current.kind != item.kind
-                or current.target != item.target
-                or current.mapping is not item.mapping
-                or current.shape != item.shape
-                or (item.key is not None and item.key in current.keys)
+                commuting != stretch
+                or (row is not None and row in touched)
+                or (not commuting and signature not in runs)
             ):
-                if current is not None:
-                    steps.append(current)
-                current = Run(item.kind, item.mapping, item.target, item.shape)
-                current.columns = item.columns
-            if item.key is not None:
-                current.keys.add(item.key)
-            current.messages.append(item.message)
-        steps.extend(stretch.values())
-        if current is not None:
-            steps.append(current)
+                close()
+                stretch = commuting
+            run = runs.get(signature)
+            if run is None:
+                run = runs[signature] = Run(item.kind, item.mapping, item.target, item.shape)
+                run.columns = item.columns
+            if row is not None:
+                touched.add(row)
+            run.messages.append(item.message)
+        close()
         self._planned = []
 
     def statement(

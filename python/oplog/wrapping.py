@@ -166,10 +166,20 @@ class AeadWrapper:
             DecryptError: The blob is malformed or truncated, names no key or another key, or
                 fails authentication (wrong key, any changed bit). No plaintext is returned.
         """
-        ciphertext = self._own_ciphertext(blob)
-        if ciphertext is not None:
-            return self._decrypt(ciphertext)
+        plaintext = self._decrypt_own(blob)
+        if plaintext is not None:
+            return plaintext
         return self._open(_parse(blob))
+
+    def _decrypt_own(self, blob: object) -> bytes | None:
+        """The plaintext of a blob in this key's own layout (see :meth:`_own_ciphertext`),
+        or None for any other layout (for the parser to read).
+
+        Raises:
+            DecryptError: The blob is in this key's layout and does not decrypt.
+        """
+        ciphertext = self._own_ciphertext(blob)
+        return None if ciphertext is None else self._decrypt(ciphertext)
 
     def _own_ciphertext(self, blob: object) -> bytes | None:
         """The ciphertext of a blob laid out exactly as :meth:`encrypt` lays out this key's
@@ -261,11 +271,10 @@ class MultiWrapper:
         Raises:
             DecryptError: The blob names no key id or an unknown one, or decryption fails.
         """
-        primary = self._primary
-        if isinstance(primary, AeadWrapper):
-            ciphertext = primary._own_ciphertext(blob)  # most blobs are the primary key's
-            if ciphertext is not None:
-                return primary._decrypt(ciphertext)
+        if isinstance(self._primary, AeadWrapper):
+            plaintext = self._primary._decrypt_own(blob)  # most blobs are the primary key's
+            if plaintext is not None:
+                return plaintext
         info = _parse(blob)
         key_id = info.key_info.key_id
         if not key_id:
