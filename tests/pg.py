@@ -53,8 +53,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Pg15(Server):
+    """A Debian PostgreSQL 15 server of the test's own, which it can crash and restart."""
+
+    pg_ctl: tuple[str, ...] = ()
+    data: Path = Path()
+    options: str = ""
+    log: Path = Path()
+
+    def crash(self) -> None:
+        """Stops the server as a crash would (``pg_ctl -m immediate``): no checkpoint, and
+        what was committed but not yet flushed to the WAL is lost."""
+        subprocess.run([*self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def start(self) -> None:
+        """Starts the server (again): after a crash, it recovers from its WAL."""
+        subprocess.run(
+            [*self.pg_ctl, "-D", str(self.data), "-o", self.options, "-l", str(self.log),
+             "-w", "start"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+
 @contextlib.contextmanager
-def _pg15(settings: str = "") -> Iterator[Server]:
+def _pg15(settings: str = "") -> Iterator[Pg15]:
     if not (PG15_BIN / "postgres").exists():
         raise RuntimeError(f"Debian's PostgreSQL 15 is not installed in {PG15_BIN}")
     root = Path(tempfile.mkdtemp(prefix="oplog-pg15-"))
@@ -65,26 +89,30 @@ def _pg15(settings: str = "") -> Iterator[Server]:
         os.chown(root, account.pw_uid, account.pw_gid)
         as_postgres = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c max_connections=200"
+    options += f" {settings}" if settings else ""
+    server = Pg15(
+        f"host=127.0.0.1 port={port} user=postgres dbname=postgres", "pg15",
+        (*as_postgres, str(PG15_BIN / "pg_ctl")), data, options, root / "log",
+    )  # fmt: skip
     try:
         subprocess.run(
             [*as_postgres, str(PG15_BIN / "initdb"), "-D", str(data), "-U", "postgres",
              "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"],
             check=True, capture_output=True,
         )  # fmt: skip
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c max_connections=200"
-        options += f" {settings}" if settings else ""
-        subprocess.run(
-            [*as_postgres, str(PG15_BIN / "pg_ctl"), "-D", str(data), "-o", options,
-             "-l", str(root / "log"), "-w", "start"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        yield Server(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", "pg15")
+        server.start()
+        yield server
     finally:
-        subprocess.run(
-            [*as_postgres, str(PG15_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.crash()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def crashable_pg15(settings: str = "") -> contextlib.AbstractContextManager[Pg15]:
+    """A fresh PostgreSQL 15 server (with `settings`, ``-c name=value ...``) that the test
+    may crash and restart."""
+    return _pg15(settings)
 
 
 @contextlib.contextmanager

@@ -368,6 +368,19 @@ def test_tail_and_replicate(cli_db: tuple[Cli, str], pg: Server) -> None:
             with psycopg.connect(dsn) as a, psycopg.connect(replica) as b:
                 assert a.execute(query).fetchall() == b.execute(query).fetchall()
                 assert a.execute(query).fetchall()
+        # Pages commit without waiting for the disk unless --synchronous-commit says to.
+        with psycopg.connect(replica, autocommit=True) as b:
+            b.execute(f"alter table {SCHEMA}.users add column commit_mode text")
+            b.execute(
+                f"alter table {SCHEMA}.users alter column commit_mode"
+                " set default current_setting('synchronous_commit')"
+            )
+            modes = f"select distinct commit_mode from {SCHEMA}.users where commit_mode is not null"
+            for flag, mode in (["--synchronous-commit"], "on"), ([], "off"):
+                b.execute(f"update {SCHEMA}.users set commit_mode = null")
+                cli("demo")
+                cli("replicate", "--to", replica, *DEMO_TYPES, "--once", *flag)
+                assert b.execute(modes).fetchall() == [(mode,)]
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_cli_replica with (force)")

@@ -66,6 +66,28 @@ def test_consume_applies_each_entry_once_across_runs(
     assert [r[0] for r in rows] == [f"u{i}" for i in range(8)]
 
 
+def test_consume_waits_for_the_disk_unless_told_not_to(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any], connect: Connect, consumed: str
+) -> None:
+    """A consumer's page commits as the session's setting says (synchronous_commit on), or
+    with synchronous_commit=False without waiting for its WAL to reach the disk (SET LOCAL:
+    the page's transaction only)."""
+    conn.execute(
+        "alter table consumed add column commit_mode text"
+        " default current_setting('synchronous_commit')"
+    )
+    conn.commit()
+    writer = connect()
+    for i in range(3):
+        commit_entry(writer, "a", f"u{i}")
+    driver = make_driver()
+    assert driver.consume("waits", follow=False, batch_size=2) == 3
+    assert driver.consume("does-not", follow=False, batch_size=2, synchronous_commit=False) == 3
+    assert driver.consume("waits-again", follow=False, batch_size=2) == 3
+    modes = "select commit_mode, count(*) from consumed group by 1 order by 1"
+    assert conn.execute(modes).fetchall() == [("off", 3), ("on", 6)]
+
+
 def test_consume_needs_two_connections_and_an_idle_target(connect: Connect) -> None:
     """consume refuses one connection for both sides, and a target inside a transaction."""
     source, target = connect(), connect()

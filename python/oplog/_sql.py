@@ -337,6 +337,10 @@ where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
 
 # --- consumers ----------------------------------------------------------------------------------
 
+ASYNC_COMMIT = "set local synchronous_commit to off"
+"""For a consumer's page: its commit need not wait for the disk (the page is applied again
+if a crash undoes it, with the position that records it)."""
+
 CONSUMER_GET = "select checkpoint from oplog_consumer where name = %s"
 CONSUMER_LOCK = CONSUMER_GET + " for update"
 CONSUMER_CREATE = (

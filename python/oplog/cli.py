@@ -732,7 +732,7 @@ def cmd_replicate(ctx: Context) -> int:
                     source, target, ctx.args.consumer, batch_size=ctx.args.batch_size,
                     poll_interval=ctx.args.poll_interval, channel=ctx.args.channel,
                     follow=not ctx.args.once, on_commit=committed, partition=ctx.args.partition,
-                    copy_log=ctx.args.with_log,
+                    copy_log=ctx.args.with_log, synchronous_commit=ctx.args.synchronous_commit,
                 )  # fmt: skip
             finally:
                 progress.end()
@@ -1007,6 +1007,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also copy the entries (blobs, metadata, chains), so that verify works on the target",
     )
     p.add_argument("--once", action="store_true", help="stop when caught up")
+    p.add_argument(
+        "--synchronous-commit",
+        action="store_true",
+        help="each page's commit waits for the disk (default: not; a page a crash undoes is"
+        " applied again)",
+    )
     p.add_argument(
         "--partition",
         type=_partition_arg,

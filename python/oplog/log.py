@@ -495,6 +495,7 @@ class Oplog(OplogSettings):
         follow: bool = True,
         on_commit: Callable[[int, Checkpoint], object] | None = None,
         partition: tuple[int, int] | None = None,
+        synchronous_commit: bool = True,
     ) -> int:
         """Tails the log on `source` from the consumer's saved position and calls
         ``apply(target, entry)`` for each entry; every page of entries is applied and the
@@ -511,6 +512,14 @@ class Oplog(OplogSettings):
         aggregate's entries stay in order; entries of different aggregates may be applied in
         another order than they committed.
 
+        With `synchronous_commit` False, a page's commit on `target` does not wait for its WAL
+        to reach the disk (``SET LOCAL synchronous_commit = off``, the default of
+        PostgreSQL's own subscriptions). A crash of `target`'s server may then undo the last
+        pages committed, together with the position that records them; they are applied
+        again from `source`, so nothing is lost or applied twice, but `on_commit` may have
+        reported them, and any effect of `apply` outside `target` happens again. True (the
+        default) leaves the session's setting.
+
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
         """
@@ -521,7 +530,7 @@ class Oplog(OplogSettings):
 
         return self._consume(
             source, target, _consumer(consumer, partition), apply_page, batch_size,
-            poll_interval, channel, stop, follow, on_commit, partition,
+            poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit,
         )  # fmt: skip
 
     def replicate(
@@ -538,6 +547,7 @@ class Oplog(OplogSettings):
         on_commit: Callable[[int, Checkpoint], object] | None = None,
         partition: tuple[int, int] | None = None,
         copy_log: bool = False,
+        synchronous_commit: bool = False,
     ) -> int:
         """Applies every entry of the log on `source` to the same tables on `target` (replay
         without a suffix), exactly once and in commit order: :meth:`consume` with a replaying
@@ -549,6 +559,10 @@ class Oplog(OplogSettings):
         aggregate's head, so that :meth:`verify` on `target` checks the replica's log as it
         would the source's (ids and times are the replica's own). The replica's log is then
         for verifying: write nothing else into its aggregates.
+
+        A page's commit does not wait for the disk unless `synchronous_commit` is True (see
+        :meth:`consume`): as with PostgreSQL's subscriptions, pages a crash of `target`'s
+        server undoes are replicated again.
 
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
@@ -568,7 +582,7 @@ class Oplog(OplogSettings):
 
         return self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
-            channel, stop, follow, on_commit, partition,
+            channel, stop, follow, on_commit, partition, synchronous_commit,
         )  # fmt: skip
 
     def _consume(
@@ -584,6 +598,7 @@ class Oplog(OplogSettings):
         follow: bool,
         on_commit: Callable[[int, Checkpoint], object] | None,
         partition: tuple[int, int] | None,
+        synchronous_commit: bool,
     ) -> int:
         """The loop of :meth:`consume` and :meth:`replicate`: a page applied and the position
         saved per transaction on `target`."""
@@ -612,6 +627,8 @@ class Oplog(OplogSettings):
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
+                        if not synchronous_commit:
+                            execute(target, _sql.ASYNC_COMMIT)
                         apply_page(target, page.entries, following)
                         position = page.end
                         consumer.save(target, position)

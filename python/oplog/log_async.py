@@ -500,6 +500,7 @@ class AsyncOplog(OplogSettings):
         follow: bool = True,
         on_commit: Callable[[int, Checkpoint], object] | None = None,
         partition: tuple[int, int] | None = None,
+        synchronous_commit: bool = True,
     ) -> int:
         """Tails the log on `source` from the consumer's saved position and calls
         ``apply(target, entry)`` for each entry; every page of entries is applied and the
@@ -516,6 +517,14 @@ class AsyncOplog(OplogSettings):
         aggregate's entries stay in order; entries of different aggregates may be applied in
         another order than they committed.
 
+        With `synchronous_commit` False, a page's commit on `target` does not wait for its WAL
+        to reach the disk (``SET LOCAL synchronous_commit = off``, the default of
+        PostgreSQL's own subscriptions). A crash of `target`'s server may then undo the last
+        pages committed, together with the position that records them; they are applied
+        again from `source`, so nothing is lost or applied twice, but `on_commit` may have
+        reported them, and any effect of `apply` outside `target` happens again. True (the
+        default) leaves the session's setting.
+
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
         """
@@ -528,7 +537,7 @@ class AsyncOplog(OplogSettings):
 
         return await self._consume(
             source, target, _consumer(consumer, partition), apply_page, batch_size,
-            poll_interval, channel, stop, follow, on_commit, partition,
+            poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit,
         )  # fmt: skip
 
     async def replicate(
@@ -545,6 +554,7 @@ class AsyncOplog(OplogSettings):
         on_commit: Callable[[int, Checkpoint], object] | None = None,
         partition: tuple[int, int] | None = None,
         copy_log: bool = False,
+        synchronous_commit: bool = False,
     ) -> int:
         """Applies every entry of the log on `source` to the same tables on `target` (replay
         without a suffix), exactly once and in commit order: :meth:`consume` with a replaying
@@ -556,6 +566,10 @@ class AsyncOplog(OplogSettings):
         aggregate's head, so that :meth:`verify` on `target` checks the replica's log as it
         would the source's (ids and times are the replica's own). The replica's log is then
         for verifying: write nothing else into its aggregates.
+
+        A page's commit does not wait for the disk unless `synchronous_commit` is True (see
+        :meth:`consume`): as with PostgreSQL's subscriptions, pages a crash of `target`'s
+        server undoes are replicated again.
 
         Returns:
             The number of entries applied (when `follow` is False or `stop` is set).
@@ -575,7 +589,7 @@ class AsyncOplog(OplogSettings):
 
         return await self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
-            channel, stop, follow, on_commit, partition,
+            channel, stop, follow, on_commit, partition, synchronous_commit,
         )  # fmt: skip
 
     async def _consume(
@@ -593,6 +607,7 @@ class AsyncOplog(OplogSettings):
         follow: bool,
         on_commit: Callable[[int, Checkpoint], object] | None,
         partition: tuple[int, int] | None,
+        synchronous_commit: bool,
     ) -> int:
         """The loop of :meth:`consume` and :meth:`replicate`: a page applied and the position
         saved per transaction on `target`."""
@@ -621,6 +636,8 @@ class AsyncOplog(OplogSettings):
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
+                        if not synchronous_commit:
+                            await aexecute(target, _sql.ASYNC_COMMIT)
                         await apply_page(target, page.entries, following)
                         position = page.end
                         await consumer.save(target, position)
