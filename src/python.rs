@@ -593,16 +593,16 @@ impl QueueWriter {
 
 /// Builds Python values for decoded envelopes, sharing one str object per distinct type name or
 /// path (they repeat across a queue).
-struct Builder<'py> {
+struct Builder<'a, 'py> {
     py: Python<'py>,
-    data: &'py Bound<'py, PyBytes>,
+    data: &'a Bound<'py, PyBytes>,
     view: Option<Bound<'py, PyMemoryView>>,
-    names: Vec<(&'py str, Bound<'py, PyString>)>,
+    names: Vec<(&'a str, Bound<'py, PyString>)>,
     empty: Bound<'py, PyTuple>,
 }
 
-impl<'py> Builder<'py> {
-    fn new(data: &'py Bound<'py, PyBytes>) -> Self {
+impl<'a, 'py> Builder<'a, 'py> {
+    fn new(data: &'a Bound<'py, PyBytes>) -> Self {
         let py = data.py();
         Builder {
             py,
@@ -613,7 +613,7 @@ impl<'py> Builder<'py> {
         }
     }
 
-    fn intern(&mut self, s: &'py str) -> Bound<'py, PyString> {
+    fn intern(&mut self, s: &'a str) -> Bound<'py, PyString> {
         if let Some((_, obj)) = self.names.iter().find(|(n, _)| *n == s) {
             return obj.clone();
         }
@@ -625,7 +625,7 @@ impl<'py> Builder<'py> {
     }
 
     /// A decoded value: a copy, or for a large one a memoryview slice of the input.
-    fn value(&mut self, value: &'py [u8]) -> PyResult<Bound<'py, PyAny>> {
+    fn value(&mut self, value: &'a [u8]) -> PyResult<Bound<'py, PyAny>> {
         if value.len() < VIEW_VALUES_AT {
             return Ok(PyBytes::new(self.py, value).into_any());
         }
@@ -643,7 +643,7 @@ impl<'py> Builder<'py> {
         view.get_item(slice)
     }
 
-    fn paths(&mut self, paths: &[&'py str]) -> PyResult<Bound<'py, PyTuple>> {
+    fn paths(&mut self, paths: &[&'a str]) -> PyResult<Bound<'py, PyTuple>> {
         if paths.is_empty() {
             return Ok(self.empty.clone());
         }
@@ -651,7 +651,7 @@ impl<'py> Builder<'py> {
         PyTuple::new(self.py, items)
     }
 
-    fn options(&self, env: &Envelope<'py>) -> Option<Bound<'py, PyBytes>> {
+    fn options(&self, env: &Envelope<'a>) -> Option<Bound<'py, PyBytes>> {
         env.options
             .as_ref()
             .map(|options| PyBytes::new(self.py, options))
@@ -725,74 +725,141 @@ fn decode_queue<'py>(
     limit: Option<usize>,
     parsers: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyList>, usize)> {
-    let rt = runtime(py)?;
-    let (frames, end) = unframe(py, data.as_bytes(), start, limit)?;
-    // One parser lookup per distinct type name, all before any message is parsed.
-    let mut known: Vec<(&str, Bound<'py, PyAny>)> = Vec::new();
-    for (_, env) in &frames {
-        if known.iter().any(|(name, _)| *name == env.type_name) {
-            continue;
-        }
-        match parsers.get_item(env.type_name)? {
-            Some(parser) => known.push((env.type_name, parser)),
-            None => {
-                return Err(UnknownTypeError::new_err(format!(
-                    "type name {} is not in the catalog",
-                    py_repr(py, env.type_name)
-                )))
-            }
-        }
-    }
-    let operation = rt.operation.bind(py);
-    let tuple_new = rt.tuple_new.bind(py);
-    let op_types = rt.op_types.bind(py);
-    let parse_options = rt.parse_options.bind(py);
-    let protobuf_error = rt.protobuf_decode_error.bind(py);
-    let mut builder = Builder::new(data);
-    let mut out = Vec::with_capacity(frames.len());
-    for (offset, env) in &frames {
-        let not_parsed = |err: PyErr| -> PyErr {
-            if err.is_instance(py, protobuf_error) {
-                let cause = err.value(py).to_string();
-                DecodeError::new_err((
-                    format!(
-                        "frame at offset {offset}: its {} message does not parse: {cause}",
-                        py_repr(py, env.type_name)
-                    ),
-                    *offset,
-                ))
-            } else {
-                err
-            }
-        };
-        let parse = known
-            .iter()
-            .find(|(name, _)| *name == env.type_name)
-            .map(|(_, parse)| parse)
-            .expect("every type name was looked up above");
-        let message = parse
-            .call1((builder.value(env.value)?,))
-            .map_err(not_parsed)?;
-        let options = match builder.options(env) {
-            None => py.None().into_bound(py),
-            Some(bytes) => parse_options.call1((bytes,)).map_err(not_parsed)?,
-        };
-        // The decoder accepts op types 0..=MAX_OP_TYPE only, so the index is in range.
-        let op_type = op_types.get_item(env.op_type as usize)?;
-        let fields = PyTuple::new(
-            py,
-            [
-                message,
-                builder.intern(env.type_name).into_any(),
-                op_type,
-                builder.paths(&env.field_mask)?.into_any(),
-                builder.paths(&env.null_mask)?.into_any(),
-                options,
-            ],
-        )?;
-        out.push(tuple_new.call1((operation, fields))?);
-    }
+    let mut out = Vec::new();
+    let mut known = Vec::new();
+    let end = QueueDecoder::new(py, parsers)?.decode(data, start, limit, &mut known, &mut out)?;
     Ok((PyList::new(py, out)?, end))
+}
+
+/// Decodes whole queues, one per entry of a page, into one list of `oplog.Operation` objects
+/// (each queue as :func:`decode_queue` decodes it from its start), parsers looked up once per
+/// type name for the page.
+///
+/// Returns `(operations, decoded)`: the operations of the first `decoded` queues. When that is
+/// fewer than all, queue number `decoded` does not decode (the caller decodes it alone to
+/// raise its error, naming its entry).
+#[pyfunction]
+fn decode_queues<'py>(
+    py: Python<'py>,
+    datas: &Bound<'py, PyList>,
+    parsers: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyList>, usize)> {
+    let decoder = QueueDecoder::new(py, parsers)?;
+    let mut out = Vec::with_capacity(datas.len());
+    let mut known = Vec::new();
+    let items: Vec<Bound<'py, PyAny>> = datas.iter().collect();
+    for (index, item) in items.iter().enumerate() {
+        let Ok(data) = item.cast::<PyBytes>() else {
+            return Ok((PyList::new(py, out)?, index));
+        };
+        let before = out.len();
+        if decoder.decode(data, 0, None, &mut known, &mut out).is_err() {
+            out.truncate(before);
+            return Ok((PyList::new(py, out)?, index));
+        }
+    }
+    Ok((PyList::new(py, out)?, items.len()))
+}
+
+/// What decoding queues into `oplog.Operation` objects needs from the runtime.
+struct QueueDecoder<'py> {
+    py: Python<'py>,
+    parsers: Bound<'py, PyDict>,
+    operation: Bound<'py, PyAny>,
+    tuple_new: Bound<'py, PyAny>,
+    op_types: Bound<'py, PyAny>,
+    parse_options: Bound<'py, PyAny>,
+    protobuf_error: Bound<'py, PyAny>,
+}
+
+impl<'py> QueueDecoder<'py> {
+    fn new(py: Python<'py>, parsers: &Bound<'py, PyDict>) -> PyResult<Self> {
+        let rt = runtime(py)?;
+        Ok(QueueDecoder {
+            py,
+            parsers: parsers.clone(),
+            operation: rt.operation.bind(py).clone().into_any(),
+            tuple_new: rt.tuple_new.bind(py).clone(),
+            op_types: rt.op_types.bind(py).clone().into_any(),
+            parse_options: rt.parse_options.bind(py).clone(),
+            protobuf_error: rt.protobuf_decode_error.bind(py).clone().into_any(),
+        })
+    }
+
+    /// Appends the operations of `data`'s frames from `start` (up to `limit`) to `out`, with
+    /// `known` the parsers looked up so far (by type name); returns the offset after the last
+    /// frame. Every frame is unframed and every type name checked before a message is parsed;
+    /// on an error, `out` may hold some of `data`'s operations (the caller drops them).
+    fn decode(
+        &self,
+        data: &Bound<'py, PyBytes>,
+        start: usize,
+        limit: Option<usize>,
+        known: &mut Vec<(String, Bound<'py, PyAny>)>,
+        out: &mut Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<usize> {
+        let py = self.py;
+        let (frames, end) = unframe(py, data.as_bytes(), start, limit)?;
+        // One parser lookup per distinct type name, all before any message is parsed.
+        for (_, env) in &frames {
+            if known.iter().any(|(name, _)| name == env.type_name) {
+                continue;
+            }
+            match self.parsers.get_item(env.type_name)? {
+                Some(parser) => known.push((env.type_name.to_owned(), parser)),
+                None => {
+                    return Err(UnknownTypeError::new_err(format!(
+                        "type name {} is not in the catalog",
+                        py_repr(py, env.type_name)
+                    )))
+                }
+            }
+        }
+        let mut builder = Builder::new(data);
+        for (offset, env) in &frames {
+            let not_parsed = |err: PyErr| -> PyErr {
+                if err.is_instance(py, &self.protobuf_error) {
+                    let cause = err.value(py).to_string();
+                    DecodeError::new_err((
+                        format!(
+                            "frame at offset {offset}: its {} message does not parse: {cause}",
+                            py_repr(py, env.type_name)
+                        ),
+                        *offset,
+                    ))
+                } else {
+                    err
+                }
+            };
+            let parse = known
+                .iter()
+                .find(|(name, _)| name == env.type_name)
+                .map(|(_, parse)| parse)
+                .expect("every type name was looked up above");
+            let message = parse
+                .call1((builder.value(env.value)?,))
+                .map_err(not_parsed)?;
+            let options = match builder.options(env) {
+                None => py.None().into_bound(py),
+                Some(bytes) => self.parse_options.call1((bytes,)).map_err(not_parsed)?,
+            };
+            // The decoder accepts op types 0..=MAX_OP_TYPE only, so the index is in range.
+            let op_type = self.op_types.get_item(env.op_type as usize)?;
+            let fields = PyTuple::new(
+                py,
+                [
+                    message,
+                    builder.intern(env.type_name).into_any(),
+                    op_type,
+                    builder.paths(&env.field_mask)?.into_any(),
+                    builder.paths(&env.null_mask)?.into_any(),
+                    options,
+                ],
+            )?;
+            out.push(self.tuple_new.call1((&self.operation, fields))?);
+        }
+        Ok(end)
+    }
 }
 
 // --- PostgreSQL arrays ------------------------------------------------------------------------
@@ -1097,6 +1164,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QueueWriter>()?;
     m.add_function(wrap_pyfunction!(decode_operations, m)?)?;
     m.add_function(wrap_pyfunction!(decode_queue, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_queues, m)?)?;
     m.add_function(wrap_pyfunction!(pack_array, m)?)?;
     m.add_function(wrap_pyfunction!(pack_int8_array, m)?)?;
     m.add_function(wrap_pyfunction!(pack_text_columns, m)?)?;

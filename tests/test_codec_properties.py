@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import oplog
-from oplog import _core
+from oplog import _core, queue
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests import reference_codec
 from tests.golden import CATALOG
@@ -87,6 +87,45 @@ def test_mutated_queues_only_raise_decode_errors(
         data[position % len(data)] ^= mask
     _decode_only_raises_decode_error(bytes(data))
     _decode_only_raises_decode_error(bytes(data[: cut % (len(data) + 1)]))
+
+
+def _decoded_alone(data: bytes) -> list[oplog.Operation] | None:
+    try:
+        return queue.decode(data, CATALOG)
+    except (oplog.DecodeError, oplog.UnknownTypeError):
+        return None
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(operations("v2"), max_size=3),
+            st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=2),
+        ),
+        max_size=6,
+    )
+)
+def test_a_page_of_queues_decodes_as_its_queues_one_by_one(
+    page: list[tuple[list[oplog.Operation], list[tuple[int, int]]]],
+) -> None:
+    """decode_all (one Rust call for a page of entries) gives the operations of the queues
+    decoded one by one, up to the first that does not decode (damaged bytes, an unknown
+    type), and says which that is."""
+    datas = []
+    for ops, flips in page:
+        q = oplog.Queue()
+        q.extend(ops)
+        data = bytearray(bytes(q))
+        for position, mask in flips:
+            if data:
+                data[position % len(data)] ^= mask
+        datas.append(bytes(data))
+    alone = [_decoded_alone(d) for d in datas]
+    good = next((i for i, ops in enumerate(alone) if ops is None), len(datas))
+    operations, decoded = queue.decode_all(datas, CATALOG)
+    assert decoded == good
+    assert operations == [op for ops in alone[:good] for op in ops or []]
 
 
 def test_a_one_mib_frame_and_many_tiny_frames_decode() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import psycopg
 import pytest
 
 import oplog
+from oplog.entry import entries_from_rows
 from oplog.proto.oplog_test_pb2 import TestCar, TestUser
 from tests.db import CATALOG, WRAPPER, count, rows
 
@@ -166,6 +168,49 @@ def test_entries_from_another_key_need_that_key(
     rotated = oplog.Oplog(oplog.MultiWrapper(new, WRAPPER), CATALOG)
     rotated.write(conn, "users", [op])
     assert [e.key_id for e in rotated.read(conn)] == ["test-key-1", "test-key-2"]
+
+
+class _Kms:
+    """A wrapper of one's own (not an AeadWrapper): it decrypts every blob itself."""
+
+    key_id = "kms"
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return b"kms:" + plaintext[::-1]
+
+    def decrypt(self, blob: bytes) -> bytes:
+        if not blob.startswith(b"kms:"):
+            raise oplog.DecryptError("not a kms blob")
+        return blob[4:][::-1]
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_a_page_of_stored_entries_decrypts_each_by_its_key(tamper: bool) -> None:
+    """A page's blobs are decrypted in one loop where the primary AES key wrote them; a blob
+    of an older key, or of a wrapper of one's own, by its wrapper; a blob that does not
+    decrypt is an error naming its entry. Each entry keeps its blob and its metadata."""
+    old, new = oplog.AeadWrapper(bytes(32), "old"), oplog.AeadWrapper.generate("new")
+    wrappers = {"new": new, "old": old}
+    stamp = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    keys = ["new", "old", "new", "new"]
+    blobs = [wrappers[k].encrypt(f"entry {i}".encode()) for i, k in enumerate(keys, 1)]
+    if tamper:
+        blobs[2] = blobs[2][:-40] + bytes([blobs[2][-40] ^ 1]) + blobs[2][-39:]
+    page = [(i, stamp, "v2", f"a{i}", blob, k) for i, (blob, k) in enumerate(zip(blobs, keys), 1)]
+    metadata = [(2, "k", "v"), (4, "k", "w")]
+    for wrapper in (oplog.MultiWrapper(new, old), oplog.MultiWrapper(_Kms(), new, old)):
+        if tamper:
+            with pytest.raises(oplog.DecryptError, match=r"^entry 3 does not decrypt"):
+                entries_from_rows(page, metadata, wrapper)
+            continue
+        entries = entries_from_rows(page, metadata, wrapper)
+        assert [(e.id, e.data, e.encrypted, e.blob) for e in entries] == [
+            (i, f"entry {i}".encode(), False, blob) for i, blob in enumerate(blobs, 1)
+        ]
+        assert [e.metadata for e in entries] == [{}, {"k": ["v"]}, {}, {"k": ["w"]}]
+        assert [(e.key_id, e.create_time, e.aggregate_name) for e in entries] == [
+            (k, stamp, f"a{i}") for i, k in enumerate(keys, 1)
+        ]
 
 
 def test_replay_reproduces_the_tables(conn: psycopg.Connection[Any], log: oplog.Oplog) -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oplog
+from oplog import wrapping
 from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
 from oplog.wrapping import _parse, blob_key_id
 from tests.golden import load
@@ -251,6 +252,9 @@ def test_the_fast_blob_path_decides_as_the_protobuf_parser(size: int, edits: lis
             blob[at:at] = bytes([at % 256])
     expected = _parsed_path(w, bytes(blob))
     assert _decrypted(w, bytes(blob)) == expected
+    # A page's loop decrypts what the parser's path decrypts, or leaves the blob to it.
+    (paged,) = wrapping.page_plaintexts(multi, [bytes(blob)])
+    assert paged is None or paged == expected
     if isinstance(expected, bytes):
         assert _decrypted(multi, bytes(blob)) == expected
     else:
@@ -272,5 +276,6 @@ def test_own_blobs_up_to_16_kib_take_the_fast_path(size: int) -> None:
     """The wrapper's own blobs with a one- or two-byte length are read without the parser."""
     w = oplog.AeadWrapper(KEY, "k1")
     blob = w.encrypt(bytes(size))
-    assert w._own_ciphertext(blob) == BlobInfo.FromString(blob).ciphertext
-    assert oplog.AeadWrapper(KEY, "k2")._own_ciphertext(blob) is None
+    assert w._own_plaintexts([blob]) == [bytes(size)]
+    assert oplog.AeadWrapper(KEY, "k2")._own_plaintexts([blob]) == [None]
+    assert BlobInfo.FromString(blob).key_info.key_id == "k1"

@@ -12,6 +12,7 @@ __all__ = [
     "chain_tags",
     "decode_operations",
     "decode_queue",
+    "decode_queues",
     "encode_operations",
     "entry_tags",
     "pack_array",
@@ -111,6 +112,18 @@ def decode_queue(
         oplog.DecodeError: The queue is malformed, or a message does not parse as its type
             (``offset`` is its frame's).
         oplog.UnknownTypeError: A type name is not in ``parsers``.
+    """
+
+def decode_queues(
+    datas: list[bytes], parsers: dict[str, Callable[[Any], Any]]
+) -> tuple[list[Operation], int]:
+    """Decodes whole queues (one per entry of a page), each as :func:`decode_queue` from its
+    start, into one list of operations; parsers are looked up once per type name.
+
+    Returns:
+        The operations of the first ``decoded`` queues, and ``decoded``. When that is fewer
+        than all, queue number ``decoded`` does not decode (or is not bytes): decode it alone
+        for its error.
     """
 
 def pack_array(items: Iterable[str | bytes | None], bytea: bool) -> bytes:

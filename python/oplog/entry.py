@@ -20,7 +20,7 @@ from oplog.ticket import (
     check_aggregate_name,
     check_text,
 )
-from oplog.wrapping import Wrapper
+from oplog.wrapping import Wrapper, page_plaintexts
 from oplog.writer import Writer
 
 __all__ = [
@@ -182,18 +182,37 @@ class Entry:
         wrapper: Wrapper | None = None,
     ) -> Entry:
         """An entry as stored (data still encrypted)."""
+        return cls._stored(
+            id, create_time, format_version, aggregate_name, data, key_id, metadata, wrapper, None
+        )
+
+    @classmethod
+    def _stored(
+        cls,
+        id_: int,
+        create_time: dt.datetime,
+        format_version: str,
+        aggregate_name: str,
+        blob: bytes,
+        key_id: str,
+        metadata: Metadata,
+        wrapper: Wrapper | None,
+        plaintext: bytes | None,
+    ) -> Entry:
+        """:meth:`from_row`, positional (a page makes hundreds), and decrypted already when
+        given the blob's `plaintext`."""
         entry = cls.__new__(cls)
         entry.aggregate_name = aggregate_name
         entry.metadata = metadata
         entry.wrapper = wrapper
         entry.ticketer = None
         entry.format_version = format_version
-        entry.id = id
+        entry.id = id_
         entry.create_time = create_time
         entry.key_id = key_id
-        entry.data = data
-        entry._encrypted = True
-        entry.blob = data
+        entry.blob = blob
+        entry.data = blob if plaintext is None else plaintext
+        entry._encrypted = plaintext is None
         return entry
 
     @property
@@ -338,16 +357,20 @@ def entries_from_rows(
         DecryptError: An entry does not decrypt with `wrapper` (the message names it).
     """
     by_entry = group_metadata(metadata)
+    rows = rows if isinstance(rows, list) else list(rows)
+    blobs = [bytes(row[4]) for row in rows]
     out = []
-    for id_, create_time, version, name, data, key_id in rows:
-        entry = Entry.from_row(
-            id=id_, create_time=create_time, format_version=version, aggregate_name=name,
-            data=bytes(data), key_id=key_id, metadata=by_entry.get(id_, {}), wrapper=wrapper,
-        )  # fmt: skip
-        try:
-            entry.decrypt_data()
-        except DecryptError as exc:
-            raise DecryptError(f"entry {id_} does not decrypt: {exc}") from exc
+    for (id_, create_time, version, name, _, key_id), blob, plaintext in zip(
+        rows, blobs, page_plaintexts(wrapper, blobs)
+    ):
+        entry = Entry._stored(
+            id_, create_time, version, name, blob, key_id, by_entry.get(id_, {}), wrapper, plaintext
+        )
+        if plaintext is None:
+            try:
+                entry.decrypt_data()
+            except DecryptError as exc:
+                raise DecryptError(f"entry {id_} does not decrypt: {exc}") from exc
         out.append(entry)
     return out
 

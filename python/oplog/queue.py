@@ -211,6 +211,13 @@ def decode(data: bytes, catalog: TypeCatalog) -> list[Operation]:
     return operations
 
 
+def decode_all(datas: list[bytes], catalog: TypeCatalog) -> tuple[list[Operation], int]:
+    """The operations of encoded queues `datas` (a page of entries), in order, decoded in one
+    call: ``(operations, decoded)``, the operations of the first `decoded` queues. Fewer than
+    all means queue number `decoded` does not decode: :func:`decode` it for its error."""
+    return _core.decode_queues(datas, catalog._parsers)
+
+
 def go_mask(message: object, field_mask: Sequence[str], index: int) -> tuple[str, ...]:
     """`field_mask` in the Go field spelling (``phone_number`` -> ``PhoneNumber``): the paths
     be9f25cce1 matches to struct fields, case-insensitively. Each path must name a field of

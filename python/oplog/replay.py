@@ -24,6 +24,7 @@ from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
 from oplog.mapping import replayed_mask
 from oplog.operation import Operation, OpType
+from oplog.queue import decode_all
 from oplog.replay_plan import Plan, ReplayCache, TableTraits
 from oplog.writer import Writer
 
@@ -189,16 +190,23 @@ class Replayer:
         Raises:
             DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply_entry`.
         """
-        operations: list[Operation] = []
-        count = 0
+        entries = list(entries)
+        datas = []
         for entry in entries:
+            if entry.encrypted:
+                entry.unmarshal_data(catalog)  # raises: still encrypted
+            datas.append(entry.data if type(entry.data) is bytes else bytes(entry.data))
+        # One call decodes the page (a call per entry costs more than a small entry's decode).
+        operations, decoded = decode_all(datas, catalog)
+        if decoded < len(entries):
+            entry = entries[decoded]
             try:
-                operations += entry.unmarshal_data(catalog)
+                entry.unmarshal_data(catalog)  # raises the queue's error
             except (DecodeError, UnknownTypeError) as exc:
                 raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
-            count += 1
+            raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
         self.apply_many(operations, meanwhile=meanwhile)
-        return count
+        return len(entries)
 
     def apply_many(
         self,
