@@ -50,6 +50,7 @@ RENAMES = {
     "StopAsyncIteration": "StopIteration",
     "__anext__": "__next__",
     "aclose": "close",
+    "asynccontextmanager": "contextmanager",
     "acursor": "cursor",
     "aexecute": "execute",
     "aexecute_in_order": "execute_in_order",

@@ -254,6 +254,57 @@ def test_pages_a_crash_undoes_are_replicated_again_each_once(
     assert undone[-1] > 0, f"no crash undid a page: {undone}"
 
 
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_page_that_fails_on_the_target_is_rolled_back_with_its_position(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str, autocommit: bool
+) -> None:
+    """replicate runs each page's transaction in pipeline mode (one round trip for the lock,
+    one for the rows, one for the save and the commit; an autocommit target gets an explicit
+    BEGIN). A page the target rejects (a row already there) is rolled back whole, its
+    position too, and the target connection is left idle and usable; once the row is gone
+    the next run applies that page."""
+    _write_users(conn, range(1, 5))
+    with psycopg.connect(empty_replica, autocommit=True) as b:
+        b.execute("insert into users (id, name) values (3, 'in the way')")
+    with (
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(empty_replica, autocommit=autocommit) as b,
+    ):
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            LOG.replicate(a, b, "r", batch_size=2, follow=False)
+        assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert b.execute("select count(*) from users").fetchone() == (3,)
+        first_page = oplog.Consumer("r").position(b)
+        assert first_page != oplog.Checkpoint.START
+        b.execute("delete from users where name = 'in the way'")
+        b.commit()
+        assert LOG.replicate(a, b, "r", batch_size=2, follow=False) == 2
+        assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert rows(b, "users", "id") == [(i, f"u{i}", "", "", 0) for i in range(1, 5)]
+        assert oplog.Consumer("r").position(b) != first_page
+
+
+def test_copying_the_log_to_a_replica_without_chains_says_which_migration_it_lacks(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """replicate(copy_log=True) into a replica without migration 5 (the chain columns)
+    raises the SchemaError that names it, also in a pipelined page, and writes nothing."""
+    _write_users(conn, range(1, 3))
+    with psycopg.connect(empty_replica, autocommit=True) as b:
+        oplog.migrate_down(b, target=4)
+    try:
+        with (
+            psycopg.connect(dsn, autocommit=True) as a,
+            psycopg.connect(empty_replica) as b,
+        ):
+            with pytest.raises(oplog.SchemaError, match="migration 5"):
+                LOG.replicate(a, b, "r", follow=False, copy_log=True)
+            assert b.execute("select count(*) from users").fetchone() == (0,)
+    finally:
+        with psycopg.connect(empty_replica, autocommit=True) as b:
+            oplog.migrate(b)
+
+
 def test_an_entry_that_does_not_decrypt_stops_replication_after_the_page_before_it(
     conn: psycopg.Connection[Any], dsn: str, empty_replica: str
 ) -> None:

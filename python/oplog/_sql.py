@@ -337,6 +337,8 @@ where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
 
 # --- consumers ----------------------------------------------------------------------------------
 
+BEGIN = "begin"
+COMMIT = "commit"
 ASYNC_COMMIT = "set local synchronous_commit to off"
 """For a consumer's page: its commit need not wait for the disk (the page is applied again
 if a crash undoes it, with the position that records it)."""

@@ -530,7 +530,7 @@ class Oplog(OplogSettings):
 
         return self._consume(
             source, target, _consumer(consumer, partition), apply_page, batch_size,
-            poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit,
+            poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit, False,
         )  # fmt: skip
 
     def replicate(
@@ -582,7 +582,7 @@ class Oplog(OplogSettings):
 
         return self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
-            channel, stop, follow, on_commit, partition, synchronous_commit,
+            channel, stop, follow, on_commit, partition, synchronous_commit, True,
         )  # fmt: skip
 
     def _consume(
@@ -599,9 +599,13 @@ class Oplog(OplogSettings):
         on_commit: Callable[[int, Checkpoint], object] | None,
         partition: tuple[int, int] | None,
         synchronous_commit: bool,
+        pipelined: bool,
     ) -> int:
         """The loop of :meth:`consume` and :meth:`replicate`: a page applied and the position
-        saved per transaction on `target`."""
+        saved per transaction on `target`; with `pipelined`, each page's transaction in
+        pipeline mode (:func:`_pipelined`; for an `apply_page` of oplog's own, not the
+        caller's: pipeline mode runs no COPY, and reports an error at the next sync rather
+        than at its statement)."""
         check_consume_connections(source, target)
         with target.transaction():
             position = consumer.position(target)
@@ -620,15 +624,16 @@ class Oplog(OplogSettings):
                         page = _next_page(pages)
                         continue
                     following = NextPage(pages)
-                    with target.transaction():
+                    transaction = _pipelined(target) if pipelined else target.transaction()
+                    with transaction:
+                        if not synchronous_commit:
+                            execute(target, _sql.ASYNC_COMMIT)
                         stored = consumer.position(target, lock=True)
                         if stored != position:
                             # Another process running this consumer got further: continue
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
-                        if not synchronous_commit:
-                            execute(target, _sql.ASYNC_COMMIT)
                         apply_page(target, page.entries, following)
                         position = page.end
                         consumer.save(target, position)
@@ -643,6 +648,26 @@ class Oplog(OplogSettings):
                 pages.close()
             if not restart:
                 return applied
+
+
+@contextlib.contextmanager
+def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction on idle `conn` in pipeline mode: its BEGIN goes with the block's first
+    statements, its COMMIT with the block's last, in one round trip each (a consumer's page:
+    the lock of its position, then the save and the commit). ``conn.transaction()`` in
+    pipeline mode syncs on entering and twice on leaving, to raise each error where it
+    happened. An error anywhere rolls the whole transaction back."""
+    try:
+        with conn.pipeline():
+            if conn.autocommit:
+                execute(conn, _sql.BEGIN)  # else psycopg begins with the first statement
+            yield
+            execute(conn, _sql.COMMIT)
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+        raise
 
 
 def _next_page(pages: Generator[TailPage, None, None]) -> TailPage | None:
@@ -735,7 +760,8 @@ def _copy_log(
     chain = {int(id_): (seq, tag) for id_, seq, tag in rows}
     pgarray.register(target)
     with requiring_migration(5):
-        execute(target, _sql.COPY_ENTRIES, copy_params(entries, chain))
+        # Fetched: in a pipelined page an error would otherwise surface at the commit.
+        execute(target, _sql.COPY_ENTRIES, copy_params(entries, chain)).fetchone()
 
 
 def _transaction(conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:

@@ -537,7 +537,7 @@ class AsyncOplog(OplogSettings):
 
         return await self._consume(
             source, target, _consumer(consumer, partition), apply_page, batch_size,
-            poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit,
+            poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit, False,
         )  # fmt: skip
 
     async def replicate(
@@ -589,7 +589,7 @@ class AsyncOplog(OplogSettings):
 
         return await self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
-            channel, stop, follow, on_commit, partition, synchronous_commit,
+            channel, stop, follow, on_commit, partition, synchronous_commit, True,
         )  # fmt: skip
 
     async def _consume(
@@ -608,9 +608,13 @@ class AsyncOplog(OplogSettings):
         on_commit: Callable[[int, Checkpoint], object] | None,
         partition: tuple[int, int] | None,
         synchronous_commit: bool,
+        pipelined: bool,
     ) -> int:
         """The loop of :meth:`consume` and :meth:`replicate`: a page applied and the position
-        saved per transaction on `target`."""
+        saved per transaction on `target`; with `pipelined`, each page's transaction in
+        pipeline mode (:func:`_pipelined`; for an `apply_page` of oplog's own, not the
+        caller's: pipeline mode runs no COPY, and reports an error at the next sync rather
+        than at its statement)."""
         check_consume_connections(source, target)
         async with target.transaction():
             position = await consumer.position(target)
@@ -629,15 +633,16 @@ class AsyncOplog(OplogSettings):
                         page = await _next_page(pages)
                         continue
                     following = NextPage(pages)
-                    async with target.transaction():
+                    transaction = _pipelined(target) if pipelined else target.transaction()
+                    async with transaction:
+                        if not synchronous_commit:
+                            await aexecute(target, _sql.ASYNC_COMMIT)
                         stored = await consumer.position(target, lock=True)
                         if stored != position:
                             # Another process running this consumer got further: continue
                             # from where it is (this page was its work).
                             position, restart = stored, True
                             break
-                        if not synchronous_commit:
-                            await aexecute(target, _sql.ASYNC_COMMIT)
                         await apply_page(target, page.entries, following)
                         position = page.end
                         await consumer.save(target, position)
@@ -652,6 +657,26 @@ class AsyncOplog(OplogSettings):
                 await pages.aclose()
             if not restart:
                 return applied
+
+
+@contextlib.asynccontextmanager
+async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A transaction on idle `conn` in pipeline mode: its BEGIN goes with the block's first
+    statements, its COMMIT with the block's last, in one round trip each (a consumer's page:
+    the lock of its position, then the save and the commit). ``conn.transaction()`` in
+    pipeline mode syncs on entering and twice on leaving, to raise each error where it
+    happened. An error anywhere rolls the whole transaction back."""
+    try:
+        async with conn.pipeline():
+            if conn.autocommit:
+                await aexecute(conn, _sql.BEGIN)  # else psycopg begins with the first statement
+            yield
+            await aexecute(conn, _sql.COMMIT)
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+        raise
 
 
 async def _next_page(pages: AsyncGenerator[TailPage, None]) -> TailPage | None:
@@ -744,7 +769,8 @@ async def _copy_log(
     chain = {int(id_): (seq, tag) for id_, seq, tag in rows}
     pgarray.register(target)
     with requiring_migration(5):
-        await aexecute(target, _sql.COPY_ENTRIES, copy_params(entries, chain))
+        # Fetched: in a pipelined page an error would otherwise surface at the commit.
+        await (await aexecute(target, _sql.COPY_ENTRIES, copy_params(entries, chain))).fetchone()
 
 
 def _transaction(conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextManager[Any]:
