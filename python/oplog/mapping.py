@@ -95,6 +95,26 @@ class TableMapping:
         self.text_specs = {
             c.name: (c.name, text_kind(c), self.text_of[c.name]) for c in self.columns
         }
+        self.given_key = self._given_key()
+        """`msg`'s primary key in PostgreSQL's text form: None when the table has none, or when
+        `msg` leaves every column of it unset (:meth:`key_unset`: an insert leaves it to the
+        database; an update or delete is refused)."""
+
+    def _given_key(self) -> Callable[[Message], tuple[str | None, ...] | None]:
+        key = self.primary_key
+        if not key:
+            return lambda msg: None
+        (first, *rest) = key
+        if not rest and text_kind(first) == TEXT_INTEGER:
+            # One integer column (the usual key), without presence: unset is 0.
+            name = first.field.name
+
+            def integer(msg: Message) -> tuple[str | None, ...] | None:
+                value = getattr(msg, name)
+                return None if value == 0 else (str(value),)
+
+            return integer
+        return lambda msg: None if self.key_unset(msg) else self.key_text(msg)
 
     def key_text(self, msg: Message) -> tuple[str | None, ...]:
         """`msg`'s primary key in PostgreSQL's text form."""

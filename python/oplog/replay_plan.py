@@ -183,21 +183,18 @@ class Plan:
         target, m = cache.resolve(msg)
         if target not in self.targets:
             self.targets[target] = msg
-        key: tuple[Any, ...] | None
+        key = m.given_key(msg)
         if kind == "insert":
-            generated = m.key_unset(msg)
+            generated = key is None and bool(m.primary_key)
             columns = m.columns_without_key if generated else m.columns
             shape: tuple[Any, ...] = (generated,)
-            key = None if generated or not m.primary_key else m.key_text(msg)
-        elif kind == "update":
-            columns, shape = cache.update_shape(m, op)
-            cache.statements.check_key(m, msg)
-            key = m.key_text(msg)
         else:
-            cache.statements.check_key(m, msg)
-            key = m.key_text(msg)
-            columns = m.primary_key
-            shape = ()
+            if key is None:
+                cache.statements.check_key(m, msg)  # raises: no key in the table or the message
+            if kind == "update":
+                columns, shape = cache.update_shape(m, op)
+            else:
+                columns, shape = m.primary_key, ()
         self._planned.append(_Planned(kind, target, m, shape, columns, key, msg))
 
     def arrange(self) -> None:
