@@ -213,17 +213,24 @@ class Plan:
             runs.clear()
             touched.clear()
 
+        commuting_tables: dict[tuple[str, TableMapping], bool] = {}
         for item in self._planned:
-            if not isinstance(item, _Planned):
+            if isinstance(item, Operation):
                 close()
                 if steps and isinstance(steps[-1], list):
                     steps[-1].append(item)
                 else:
                     steps.append([item])
                 continue
-            commuting = item.key is not None and commutes(item)
-            signature = (item.kind, item.target, item.mapping, item.shape)
-            row = None if item.key is None else (item.target, item.key)
+            kind, target, mapping, shape, columns, key, message = item
+            if key is None:
+                commuting, row = False, None
+            else:
+                found = commuting_tables.get((target, mapping))
+                if found is None:
+                    found = commuting_tables[target, mapping] = commutes(item)
+                commuting, row = found, (target, key)
+            signature = (kind, target, mapping, shape)
             if (
                 commuting != stretch
                 or (row is not None and row in touched)
@@ -233,11 +240,11 @@ class Plan:
                 stretch = commuting
             run = runs.get(signature)
             if run is None:
-                run = runs[signature] = Run(item.kind, item.mapping, item.target, item.shape)
-                run.columns = item.columns
+                run = runs[signature] = Run(kind, mapping, target, shape)
+                run.columns = columns
             if row is not None:
                 touched.add(row)
-            run.messages.append(item.message)
+            run.messages.append(message)
         close()
         self._planned = []
 
