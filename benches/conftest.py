@@ -98,19 +98,23 @@ def alternating(
     candidate: Callable[[], object],
     baseline: Callable[[], object],
     pairs: int,
+    prepare: tuple[Callable[[], object], Callable[[], object]] | None = None,
 ) -> None:
     """Times `candidate` and `baseline` call by call, alternating (in a random order within each
     pair), and records median(baseline) / median(candidate) as ``extra_info["paired_ratio"]``:
     load that comes and goes on a shared machine then falls on both alike, where the separate
-    benchmarks of a group run minutes apart."""
+    benchmarks of a group run minutes apart. `prepare` (candidate's, baseline's) runs untimed
+    before each call (emptying the tables it fills)."""
     rng = random.Random(0)
     times: dict[str, list[float]] = {"candidate": [], "baseline": []}
+    untimed = prepare or (lambda: None, lambda: None)
 
     def run() -> None:
         for _ in range(pairs):
-            order = [("candidate", candidate), ("baseline", baseline)]
+            order = [("candidate", candidate, untimed[0]), ("baseline", baseline, untimed[1])]
             rng.shuffle(order)
-            for name, call in order:
+            for name, call, before in order:
+                before()
                 start = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - start)

@@ -9,6 +9,10 @@ the same transaction, as a batch writer does); then replicated into a fresh seco
 60% creates, 30% updates with masks and null paths, 10% deletes, written by write_many. Rates
 are entries per second; `make bench`'s table shows them per group.
 
+The separate benchmarks of a group run a minute or more apart, and this shared machine's speed
+drifts; the ratios to read are the paired ones: ``test_*_alternating_write_many`` runs
+replicate (or replay) and write_many of the same log call by call, alternating.
+
 The anchor, in the creates group: PostgreSQL's own logical replication of the same 20,000 rows
 between two PostgreSQL 15 servers the benchmark starts (a publication and a disabled
 subscription; the rows are written, then the subscription is enabled and timed until the
@@ -29,6 +33,7 @@ from psycopg import sql
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import oplog
+from benches.conftest import alternating
 from oplog import BatchItem
 from oplog.proto.oplog_test_pb2 import TestUser
 from tests.db import CATALOG, TEST_TABLES, WRAPPER
@@ -137,8 +142,7 @@ def _entries(benchmark: BenchmarkFixture) -> int:
 def test_write_many_rate(benchmark: BenchmarkFixture, bench_dsn: str, log: str) -> None:
     """The write rate the replica must keep up with: write_many in batches of 1000."""
     benchmark.group = f"6. replication, {log} log"
-    n = _entries(benchmark)
-    benchmark.extra_info["entries"] = n
+    n = _entries(benchmark)  # not extra_info["entries"]: a round is several calls of each
     items = _creates(n) if log == "creates" else _mixed(n)
     rounds = 3 if not benchmark.disabled else 1
     benchmark.pedantic(_write, args=(bench_dsn, items), rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
@@ -261,3 +265,52 @@ def test_verify_replay_rate(benchmark: BenchmarkFixture, bench_dsn: str, log: st
             return count
 
     assert benchmark.pedantic(replay, rounds=rounds, iterations=1) == n  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("log", ["creates", "mixed"])
+@pytest.mark.parametrize("path", ["replicate", "replay"])
+def test_alternating_write_many(
+    benchmark: BenchmarkFixture,
+    bench_server: Server,
+    bench_dsn: str,
+    target_dsn: str,
+    path: str,
+    log: str,
+) -> None:
+    """replicate (or replay into suffix tables, rolled back: verify --replay) of the log,
+    alternated call by call with write_many of the same items into a third database: the
+    paired ratio is the replica's (or the verifier's) rate over the writer's."""
+    benchmark.group = f"6. replication, {log} log"
+    n = _entries(benchmark)  # not extra_info["entries"]: a round is several calls of each
+    items = _creates(n) if log == "creates" else _mixed(n)
+    _write(bench_dsn, items)
+    scratch = _database(bench_server, "bw_scratch")
+
+    def empty_scratch() -> None:
+        with psycopg.connect(scratch, autocommit=True) as conn:
+            conn.execute("truncate oplog_entry, oplog_metadata, oplog_ticket, oplog_chain_head")
+
+    def empty_target() -> None:
+        with psycopg.connect(target_dsn, autocommit=True) as conn:
+            conn.execute("truncate users, oplog_consumer")
+
+    def replicate() -> None:
+        with (
+            psycopg.connect(bench_dsn, autocommit=True) as source,
+            psycopg.connect(target_dsn) as target,
+        ):
+            assert LOG.replicate(source, target, "c", follow=False) == n
+
+    def replay() -> None:
+        with psycopg.connect(bench_dsn) as conn:
+            writer = oplog.Writer(conn, CATALOG)
+            writer.drop_table_if_exists("users_verify")
+            writer.create_table_like("users", "users_verify")
+            assert LOG.replay(conn, "_verify") == n
+            conn.rollback()
+
+    candidate = replicate if path == "replicate" else replay
+    pairs = 3 if not benchmark.disabled else 1
+    alternating(
+        benchmark, candidate, lambda: _write(scratch, items), pairs, (empty_target, empty_scratch)
+    )

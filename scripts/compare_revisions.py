@@ -2,15 +2,19 @@
 run on one server, and prints the medians and their ratio: for restructurings that must not
 change speed. The Rust core is taken from the working tree (the revisions must share it).
 
-    .venv/bin/python scripts/compare_revisions.py REV [ROUNDS]
+    .venv/bin/python scripts/compare_revisions.py REV [ROUNDS] [--delay MS]
 
 Each run is a fresh process on one of the two trees (in a shuffled order per round) that
 writes 300 single entries and 20 batches of 1000, reads and tails the 20,000, replicates them
-into a second database, replays them, and does the asyncio write and tail.
+into a second database, replays them, and does the asyncio write and tail. With ``--delay``,
+every connection goes through ``scripts/delay_proxy.py``, which holds the bytes MS
+milliseconds each way: what the round trips cost across a network.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -20,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +103,29 @@ def _export(rev: str, into: Path) -> Path:
     return into / "python"
 
 
+@contextlib.contextmanager
+def _proxied(dsn: str, delay: float | None) -> Iterator[Callable[[str], str]]:
+    """A function routing a DSN of `dsn`'s server through a delay proxy (or not, without
+    `delay`)."""
+    if not delay:
+        yield lambda dsn: dsn
+        return
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    port = conninfo_to_dict(dsn)["port"]
+    proxy = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "delay_proxy.py"), str(port), str(delay)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proxy.stdout is not None
+        via = int(proxy.stdout.readline())
+        yield lambda dsn: make_conninfo(dsn, port=via)
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     import psycopg
@@ -106,15 +134,24 @@ def main() -> int:
     from tests.db import TEST_TABLES
     from tests.pg import running_server
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev")
+    parser.add_argument("rounds", nargs="?", type=int, default=7)
+    parser.add_argument("--delay", type=float, metavar="MS", help="each way, through a proxy")
+    args = parser.parse_args()
     rev = subprocess.run(
-        ["git", "rev-parse", "--short", sys.argv[1]],
+        ["git", "rev-parse", "--short", args.rev],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
-    with tempfile.TemporaryDirectory() as tmp, running_server() as server:
+    rounds = args.rounds
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_server() as server,
+        _proxied(server.dsn, args.delay) as via,
+    ):
         trees = {rev: _export(rev, Path(tmp)), "working tree": ROOT / "python"}
         script = Path(tmp) / "run.py"
         script.write_text(RUN)
@@ -123,10 +160,10 @@ def main() -> int:
             with psycopg.connect(server.dsn, autocommit=True) as admin:
                 admin.execute(f"drop database if exists {name} with (force)")
                 admin.execute(f"create database {name}")
-            dsns.append(server.dsn_for(name))
-            with psycopg.connect(dsns[-1], autocommit=True) as conn:
+            with psycopg.connect(server.dsn_for(name), autocommit=True) as conn:
                 oplog.migrate(conn)
                 conn.execute(TEST_TABLES.encode())
+            dsns.append(via(server.dsn_for(name)))
         times: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
         rng = random.Random(1)
         started = time.monotonic()
@@ -144,7 +181,8 @@ def main() -> int:
                     return 1
                 for path, seconds in json.loads(result.stdout).items():
                     times[name].setdefault(path, []).append(seconds)
-    print(f"{rounds} rounds in {time.monotonic() - started:.0f} s, {server.name}")
+    delay = f", {args.delay:g} ms each way" if args.delay else ""
+    print(f"{rounds} rounds in {time.monotonic() - started:.0f} s, {server.name}{delay}")
     print(f"| path | {rev} (median s) | working tree (median s) | {rev} / working tree |")
     print("|---|---:|---:|---:|")
     for path, before in times[rev].items():
