@@ -409,3 +409,68 @@ def test_both_apis_replay_and_replicate_to_the_live_tables(
             assert live, table
             assert rows(conn, table + "_again") == live
             assert rows(replica, table) == live
+
+
+def test_a_replay_of_many_pages_plans_each_while_the_last_one_runs(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any]
+) -> None:
+    """Oplog.replay (and AsyncOplog's) reads the next page before sending the current one and
+    decrypts, decodes and plans it while the server applies the current one, on the same
+    connection. Over three pages — users created, updated and deleted across page bounds,
+    cars appearing only in the last page (their table made ready inside the window) — the
+    replayed tables equal the live ones row for row."""
+    reset(conn)
+    writer = oplog.Writer(conn, CATALOG)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    ops: list[tuple[str, list[oplog.Operation]]] = []
+    for i in range(1, 1101):
+        user = TestUser(id=i, name=f"u{i}", email=f"{i}@e")
+        ops.append((f"a{i % 16}", [oplog.Operation(user, "user", oplog.OpType.CREATE)]))
+        if i % 7 == 0:  # an update of an earlier user, often on the page before
+            renamed = TestUser(id=i - 6, name=f"renamed {i}")
+            op = oplog.Operation(renamed, "user", oplog.OpType.UPDATE, ("name",), ("email",))
+            ops.append((f"a{(i - 6) % 16}", [op]))
+        if i % 11 == 0:
+            gone = TestUser(id=i - 10)
+            ops.append((f"a{(i - 10) % 16}", [oplog.Operation(gone, "user", oplog.OpType.DELETE)]))
+    cars = [TestCar(id=i, model=f"m{i}", mpg=i) for i in range(1, 40)]
+    ops += [("cars", [oplog.Operation(car, "car", oplog.OpType.CREATE)]) for car in cars]
+    live = oplog.Replayer(writer, "")
+    with conn.transaction():
+        for _, entry in ops:
+            live.apply(entry)
+        log.write_many(conn, [(aggregate, entry, None) for aggregate, entry in ops])
+    assert len(ops) > 2 * 500 + 39
+    for suffix in ("_sync_or_async", "_again"):
+        assert make_driver().replay(suffix) == len(ops)
+        for table in ("users", "cars"):
+            assert rows(conn, table + suffix) == rows(conn, table), table
+
+
+def test_a_replay_raises_for_an_entry_of_the_next_page_after_applying_this_one(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """An entry of the page read ahead that does not decrypt is raised (naming it) after the
+    current page is applied, as it was before the replay read ahead: the caller's
+    transaction holds the first page's rows."""
+    reset(conn)
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    other = oplog.Oplog(oplog.AeadWrapper(bytes(32), "other-key"), CATALOG)
+    items = [
+        (
+            f"a{i}",
+            [oplog.Operation(TestUser(id=i, name=f"u{i}"), "user", oplog.OpType.CREATE)],
+            None,
+        )
+        for i in range(1, 601)
+    ]
+    with conn.transaction():
+        log.write_many(conn, items[:550])
+        other.write_many(conn, items[550:551])
+        log.write_many(conn, items[551:])
+    bad = conn.execute("select id from oplog_entry where key_id = 'other-key'").fetchone()
+    assert bad is not None
+    with pytest.raises(oplog.DecryptError, match=f"entry {bad[0]} does not decrypt"):
+        log.replay(conn, "_partly")
+    assert conn.execute("select count(*) from users_partly").fetchone() == (500,)
+    conn.rollback()

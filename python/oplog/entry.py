@@ -380,7 +380,7 @@ PAGE_SIZE = 500
 
 
 class ReadPages:
-    """The paging state of a read: which page to ask for next, and its entries."""
+    """The paging state of a read: which page to ask for next."""
 
     def __init__(self, aggregate_name: str | None, after_id: int, limit: int | None) -> None:
         if limit is not None and limit < 0:
@@ -396,11 +396,10 @@ class ReadPages:
         self.page = PAGE_SIZE if self.remaining is None else min(PAGE_SIZE, self.remaining)
         return (self.last, self.aggregate_name, self.aggregate_name, self.page)
 
-    def entries(self, rows: list[Any], metadata_rows: list[Any], wrapper: Wrapper) -> list[Entry]:
-        out = entries_from_rows(rows, metadata_rows, wrapper)
+    def advance(self, rows: list[Any]) -> None:
+        """Moves past a page's `rows` (as the query :meth:`next_query` gave returned them)."""
         if rows:
             self.last = rows[-1][0]
         if self.remaining is not None:
             self.remaining -= len(rows)
         self.done = len(rows) < self.page
-        return out

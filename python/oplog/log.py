@@ -27,6 +27,7 @@ from oplog._compat import NO_BLOCK, Event, sleep, wait_event
 from oplog._db import execute, execute_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
+from oplog.catalog import TypeCatalog
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
 from oplog.checkpoint import (
     Checkpoint,
@@ -39,11 +40,13 @@ from oplog.checkpoint import (
     partition_consumer,
 )
 from oplog.consumer import Consumer
-from oplog.entry import PAGE_SIZE, Entry, ReadPages
+from oplog.entry import Entry, ReadPages, entries_from_rows
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
+from oplog.replay_plan import PreparedPage
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
+from oplog.wrapping import Wrapper
 from oplog.writer import Writer
 
 __all__ = ["Oplog"]
@@ -254,13 +257,8 @@ class Oplog(OplogSettings):
             DecryptError: An entry does not decrypt with this log's wrapper.
         """
         pages = ReadPages(aggregate_name, after_id, limit)
-        while (params := pages.next_query()) is not None:
-            with requiring_migration(1):
-                found = execute(conn, _sql.READ_PAGE, params)
-            rows = found.fetchall()
-            ids = [row[0] for row in rows]
-            metadata = _metadata(conn, ids)
-            yield from pages.entries(rows, metadata, self.wrapper)
+        for rows, metadata in _stored_pages(conn, pages):
+            yield from entries_from_rows(rows, metadata, self.wrapper)
 
     def replay(
         self, conn: psycopg.Connection[Any], table_suffix: str = "_replay", after_id: int = 0
@@ -272,16 +270,22 @@ class Oplog(OplogSettings):
             The number of entries replayed.
         """
         replayer = Replayer(Writer(conn, self.catalog), table_suffix)
+        catalog, wrapper = self.catalog, self.wrapper
+        stored = _stored_pages(conn, ReadPages(None, after_id, None))
         count = 0
-        page: list[Entry] = []
-        # A page at a time, set-based: as few statements as the operations' order allows.
-        for entry in self.read(conn, after_id=after_id):
-            page.append(entry)
-            if len(page) == PAGE_SIZE:
-                count += replayer.apply_entries(page, self.catalog)
-                page = []
-        if page:
-            count += replayer.apply_entries(page, self.catalog)
+        # A page at a time, set-based: as few statements as the operations' order allows. The
+        # next page is read before this one is sent, and decrypted, decoded and planned while
+        # the server applies this one (one connection: its statements queue behind the page's).
+        following = _next_stored(stored)
+        page = None
+        if following is not None:
+            page = replayer._prepare_entries(entries_from_rows(*following, wrapper), catalog)
+        while page is not None:
+            following = _next_stored(stored)
+            ahead = PlanAhead(replayer, catalog, wrapper, following)
+            replayer._send(page, ahead.prepare)
+            count += page.entries
+            page = ahead.get()
         return count
 
     # --- following ----------------------------------------------------------------------------
@@ -668,6 +672,69 @@ def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
         raise
+
+
+def _stored_pages(
+    conn: psycopg.Connection[Any], pages: ReadPages
+) -> Iterator[tuple[list[Any], list[Any]]]:
+    """The ``(rows, metadata rows)`` of each page of a read, encrypted still."""
+    while (params := pages.next_query()) is not None:
+        with requiring_migration(1):
+            found = execute(conn, _sql.READ_PAGE, params)
+        rows = found.fetchall()
+        metadata = _metadata(conn, [row[0] for row in rows])
+        pages.advance(rows)
+        if rows:
+            yield rows, metadata
+
+
+def _next_stored(
+    pages: Iterator[tuple[list[Any], list[Any]]],
+) -> tuple[list[Any], list[Any]] | None:
+    try:
+        return pages.__next__()
+    except StopIteration:
+        return None
+
+
+class PlanAhead:
+    """The next page of a replay, decrypted, decoded and planned while the server applies the
+    current one (:meth:`prepare`, the current page's `meanwhile`). An error preparing it is
+    raised by :meth:`get`, once the current page's results are in, as it would have been
+    after the current page without reading ahead."""
+
+    def __init__(
+        self,
+        replayer: Replayer,
+        catalog: TypeCatalog,
+        wrapper: Wrapper,
+        stored: tuple[list[Any], list[Any]] | None,
+    ) -> None:
+        self._replayer, self._catalog, self._wrapper = replayer, catalog, wrapper
+        self._stored = stored
+        self._page: PreparedPage | None = None
+        self._error: Exception | None = None
+        self._done = False
+
+    def prepare(self) -> None:
+        """Prepares the next page (once)."""
+        if self._done:
+            return
+        self._done = True
+        if self._stored is None:
+            return
+        try:
+            entries = entries_from_rows(*self._stored, self._wrapper)
+            self._page = self._replayer._prepare_entries(entries, self._catalog)
+        except Exception as exc:  # raised by get(), after the current page's results
+            self._error = exc
+
+    def get(self) -> PreparedPage | None:
+        """The next page, prepared (None after the last)."""
+        self.prepare()
+        if self._error is not None:
+            raise self._error
+        return self._page
 
 
 def _next_page(pages: Generator[TailPage, None, None]) -> TailPage | None:

@@ -28,6 +28,7 @@ from oplog._compat import ANO_BLOCK, AEvent, asleep, await_event
 from oplog._db import aexecute, aexecute_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
+from oplog.catalog import TypeCatalog
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
 from oplog.checkpoint import (
     Checkpoint,
@@ -40,11 +41,13 @@ from oplog.checkpoint import (
     partition_consumer,
 )
 from oplog.consumer_async import AsyncConsumer
-from oplog.entry import PAGE_SIZE, Entry, ReadPages
+from oplog.entry import Entry, ReadPages, entries_from_rows
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay_async import AsyncReplayer
+from oplog.replay_plan import PreparedPage
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
+from oplog.wrapping import Wrapper
 from oplog.writer_async import AsyncWriter
 
 __all__ = ["AsyncOplog"]
@@ -257,13 +260,8 @@ class AsyncOplog(OplogSettings):
             DecryptError: An entry does not decrypt with this log's wrapper.
         """
         pages = ReadPages(aggregate_name, after_id, limit)
-        while (params := pages.next_query()) is not None:
-            with requiring_migration(1):
-                found = await aexecute(conn, _sql.READ_PAGE, params)
-            rows = await found.fetchall()
-            ids = [row[0] for row in rows]
-            metadata = await _metadata(conn, ids)
-            for entry in pages.entries(rows, metadata, self.wrapper):
+        async for rows, metadata in _stored_pages(conn, pages):
+            for entry in entries_from_rows(rows, metadata, self.wrapper):
                 yield entry
 
     async def replay(
@@ -276,16 +274,22 @@ class AsyncOplog(OplogSettings):
             The number of entries replayed.
         """
         replayer = AsyncReplayer(AsyncWriter(conn, self.catalog), table_suffix)
+        catalog, wrapper = self.catalog, self.wrapper
+        stored = _stored_pages(conn, ReadPages(None, after_id, None))
         count = 0
-        page: list[Entry] = []
-        # A page at a time, set-based: as few statements as the operations' order allows.
-        async for entry in self.read(conn, after_id=after_id):
-            page.append(entry)
-            if len(page) == PAGE_SIZE:
-                count += await replayer.apply_entries(page, self.catalog)
-                page = []
-        if page:
-            count += await replayer.apply_entries(page, self.catalog)
+        # A page at a time, set-based: as few statements as the operations' order allows. The
+        # next page is read before this one is sent, and decrypted, decoded and planned while
+        # the server applies this one (one connection: its statements queue behind the page's).
+        following = await _next_stored(stored)
+        page = None
+        if following is not None:
+            page = await replayer._prepare_entries(entries_from_rows(*following, wrapper), catalog)
+        while page is not None:
+            following = await _next_stored(stored)
+            ahead = PlanAhead(replayer, catalog, wrapper, following)
+            await replayer._send(page, ahead.prepare)
+            count += page.entries
+            page = await ahead.get()
         return count
 
     # --- following ----------------------------------------------------------------------------
@@ -677,6 +681,69 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
             with contextlib.suppress(psycopg.Error):
                 await conn.rollback()
         raise
+
+
+async def _stored_pages(
+    conn: psycopg.AsyncConnection[Any], pages: ReadPages
+) -> AsyncIterator[tuple[list[Any], list[Any]]]:
+    """The ``(rows, metadata rows)`` of each page of a read, encrypted still."""
+    while (params := pages.next_query()) is not None:
+        with requiring_migration(1):
+            found = await aexecute(conn, _sql.READ_PAGE, params)
+        rows = await found.fetchall()
+        metadata = await _metadata(conn, [row[0] for row in rows])
+        pages.advance(rows)
+        if rows:
+            yield rows, metadata
+
+
+async def _next_stored(
+    pages: AsyncIterator[tuple[list[Any], list[Any]]],
+) -> tuple[list[Any], list[Any]] | None:
+    try:
+        return await pages.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class PlanAhead:
+    """The next page of a replay, decrypted, decoded and planned while the server applies the
+    current one (:meth:`prepare`, the current page's `meanwhile`). An error preparing it is
+    raised by :meth:`get`, once the current page's results are in, as it would have been
+    after the current page without reading ahead."""
+
+    def __init__(
+        self,
+        replayer: AsyncReplayer,
+        catalog: TypeCatalog,
+        wrapper: Wrapper,
+        stored: tuple[list[Any], list[Any]] | None,
+    ) -> None:
+        self._replayer, self._catalog, self._wrapper = replayer, catalog, wrapper
+        self._stored = stored
+        self._page: PreparedPage | None = None
+        self._error: Exception | None = None
+        self._done = False
+
+    async def prepare(self) -> None:
+        """Prepares the next page (once)."""
+        if self._done:
+            return
+        self._done = True
+        if self._stored is None:
+            return
+        try:
+            entries = entries_from_rows(*self._stored, self._wrapper)
+            self._page = await self._replayer._prepare_entries(entries, self._catalog)
+        except Exception as exc:  # raised by get(), after the current page's results
+            self._error = exc
+
+    async def get(self) -> PreparedPage | None:
+        """The next page, prepared (None after the last)."""
+        await self.prepare()
+        if self._error is not None:
+            raise self._error
+        return self._page
 
 
 async def _next_page(pages: AsyncGenerator[TailPage, None]) -> TailPage | None:

@@ -25,7 +25,7 @@ from oplog.errors import DecodeError, InvalidParameterError, SchemaError, Unknow
 from oplog.mapping import replayed_mask
 from oplog.operation import Operation, OpType
 from oplog.queue import decode_all
-from oplog.replay_plan import Plan, ReplayCache, TableTraits
+from oplog.replay_plan import Plan, PreparedPage, ReplayCache, TableTraits
 from oplog.writer_async import AsyncWriter
 
 if TYPE_CHECKING:
@@ -190,23 +190,9 @@ class AsyncReplayer:
         Raises:
             DecodeError, UnknownTypeError, InvalidParameterError: As :meth:`apply_entry`.
         """
-        entries = list(entries)
-        datas = []
-        for entry in entries:
-            if entry.encrypted:
-                entry.unmarshal_data(catalog)  # raises: still encrypted
-            datas.append(entry.data if type(entry.data) is bytes else bytes(entry.data))
-        # One call decodes the page (a call per entry costs more than a small entry's decode).
-        operations, decoded = decode_all(datas, catalog)
-        if decoded < len(entries):
-            entry = entries[decoded]
-            try:
-                entry.unmarshal_data(catalog)  # raises the queue's error
-            except (DecodeError, UnknownTypeError) as exc:
-                raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
-            raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
-        await self.apply_many(operations, meanwhile=meanwhile)
-        return len(entries)
+        page = await self._prepare_entries(entries, catalog)
+        await self._send(page, meanwhile)
+        return page.entries
 
     async def apply_many(
         self,
@@ -223,8 +209,8 @@ class AsyncReplayer:
         :meth:`apply`, row for row.
 
         `meanwhile`, if given, is called (and awaited) once the statements are sent and before
-        their results are awaited: work on other connections that overlaps with the server's
-        (a consumer reads its next page then).
+        their results are awaited: work that overlaps with the server's (a consumer reads its
+        next page from another connection then; a replay decrypts and plans its next page).
 
         Returns:
             The number of operations applied.
@@ -232,6 +218,35 @@ class AsyncReplayer:
         Raises:
             InvalidParameterError: As :meth:`apply`.
         """
+        page = await self._prepare(operations, 0)
+        await self._send(page, meanwhile)
+        return page.operations
+
+    async def _prepare_entries(
+        self, entries: Iterable[Entry], catalog: TypeCatalog
+    ) -> PreparedPage:
+        """The statements of :meth:`apply_entries`, ready to send (see :meth:`_prepare`)."""
+        entries = list(entries)
+        datas = []
+        for entry in entries:
+            if entry.encrypted:
+                entry.unmarshal_data(catalog)  # raises: still encrypted
+            datas.append(entry.data if type(entry.data) is bytes else bytes(entry.data))
+        # One call decodes the page (a call per entry costs more than a small entry's decode).
+        operations, decoded = decode_all(datas, catalog)
+        if decoded < len(entries):
+            entry = entries[decoded]
+            try:
+                entry.unmarshal_data(catalog)  # raises the queue's error
+            except (DecodeError, UnknownTypeError) as exc:
+                raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
+            raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
+        return await self._prepare(operations, len(entries))
+
+    async def _prepare(self, operations: Iterable[Operation], entries: int) -> PreparedPage:
+        """The set-based statements of `operations`, planned and composed with their values,
+        and nothing sent: what :meth:`_send` sends. The target tables are made ready and
+        their traits read (statements on the connection) before planning."""
         plan = Plan(self._cache)
         for op in operations:
             plan.add(op)
@@ -246,17 +261,24 @@ class AsyncReplayer:
         steps = [
             step if isinstance(step, list) else plan.statement(step, conn) for step in plan.steps
         ]
+        return PreparedPage(steps, plan.count, entries)
+
+    async def _send(
+        self, page: PreparedPage, meanwhile: Callable[[], Awaitable[object]] | None
+    ) -> None:
+        """Sends a prepared page's statements in one pipeline, awaits `meanwhile` (if any),
+        then their results."""
+        steps = page.steps
         if meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list):
             await self._run_step(steps[0])
         elif steps:
-            async with conn.pipeline():
+            async with self._writer.conn.pipeline():
                 for step in steps:
                     await self._run_step(step)
                 if meanwhile is not None:
                     await meanwhile()
         elif meanwhile is not None:
             await meanwhile()
-        return plan.count
 
     async def _run_step(self, step: tuple[bytes, list[Any], bool | None] | list[Operation]) -> None:
         if isinstance(step, list):

@@ -19,7 +19,7 @@ from oplog.errors import SchemaError
 from oplog.mapping import Column, Statements, TableMapping, replayed_mask
 from oplog.operation import Operation, OpType
 
-__all__ = ["Plan", "ReplayCache", "Run", "TableTraits"]
+__all__ = ["Plan", "PreparedPage", "ReplayCache", "Run", "TableTraits"]
 
 
 _SHAPES_MAX = 4096  # update shapes remembered per replayer (each mask combination is one)
@@ -50,6 +50,15 @@ class Run:
         self.columns: list[Column] = []
         # The run's messages; its statement's values are their columns (see Plan.statement).
         self.messages: list[Message] = []
+
+
+class PreparedPage(NamedTuple):
+    """A page of set-based replay, planned and composed, not yet sent: each step a
+    statement (text, values, whether to prepare it) or operations applied one by one."""
+
+    steps: list[tuple[bytes, list[Any], bool | None] | list[Operation]]
+    operations: int
+    entries: int
 
 
 class ReplayCache:
