@@ -142,7 +142,8 @@ def _entries(benchmark: BenchmarkFixture) -> int:
 def test_write_many_rate(benchmark: BenchmarkFixture, bench_dsn: str, log: str) -> None:
     """The write rate the replica must keep up with: write_many in batches of 1000."""
     benchmark.group = f"6. replication, {log} log"
-    n = _entries(benchmark)  # not extra_info["entries"]: a round is several calls of each
+    n = _entries(benchmark)
+    benchmark.extra_info["entries"] = n
     items = _creates(n) if log == "creates" else _mixed(n)
     rounds = 3 if not benchmark.disabled else 1
     benchmark.pedantic(_write, args=(bench_dsn, items), rounds=rounds, iterations=1)  # type: ignore[no-untyped-call]
