@@ -631,7 +631,7 @@ class Oplog(OplogSettings):
                     transaction = _pipelined(target) if pipelined else target.transaction()
                     with transaction:
                         if not synchronous_commit:
-                            execute(target, _sql.ASYNC_COMMIT)
+                            execute(target, _sql.ASYNC_COMMIT, prepare=False)
                         stored = consumer.position(target, lock=True)
                         if stored != position:
                             # Another process running this consumer got further: continue
@@ -664,9 +664,9 @@ def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
     try:
         with conn.pipeline():
             if conn.autocommit:
-                execute(conn, _sql.BEGIN)  # else psycopg begins with the first statement
+                execute(conn, _sql.BEGIN, prepare=False)  # else psycopg's first statement
             yield
-            execute(conn, _sql.COMMIT)
+            execute(conn, _sql.COMMIT, prepare=False)
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):

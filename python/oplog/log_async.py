@@ -640,7 +640,7 @@ class AsyncOplog(OplogSettings):
                     transaction = _pipelined(target) if pipelined else target.transaction()
                     async with transaction:
                         if not synchronous_commit:
-                            await aexecute(target, _sql.ASYNC_COMMIT)
+                            await aexecute(target, _sql.ASYNC_COMMIT, prepare=False)
                         stored = await consumer.position(target, lock=True)
                         if stored != position:
                             # Another process running this consumer got further: continue
@@ -673,9 +673,9 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
     try:
         async with conn.pipeline():
             if conn.autocommit:
-                await aexecute(conn, _sql.BEGIN)  # else psycopg begins with the first statement
+                await aexecute(conn, _sql.BEGIN, prepare=False)  # else psycopg's first statement
             yield
-            await aexecute(conn, _sql.COMMIT)
+            await aexecute(conn, _sql.COMMIT, prepare=False)
     except BaseException:
         if not conn.closed:
             with contextlib.suppress(psycopg.Error):
