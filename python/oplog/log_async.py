@@ -6,6 +6,7 @@ psycopg 3 connection, in the caller's transactions."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import (
@@ -18,7 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -28,7 +29,6 @@ from oplog._compat import ANO_BLOCK, AEvent, asleep, await_event
 from oplog._db import aexecute, aexecute_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
-from oplog.catalog import TypeCatalog
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
 from oplog.checkpoint import (
     Checkpoint,
@@ -47,10 +47,11 @@ from oplog.operation import Operation
 from oplog.replay_async import AsyncReplayer
 from oplog.replay_plan import PreparedPage
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
-from oplog.wrapping import Wrapper
 from oplog.writer_async import AsyncWriter
 
 __all__ = ["AsyncOplog"]
+
+T = TypeVar("T")
 
 _VERIFY_BATCH = 2000  # entries verify checks at a time
 # Rows per chunk of verify's stream; one at a time with a libpq before 17 (no chunked mode).
@@ -280,14 +281,16 @@ class AsyncOplog(OplogSettings):
         # A page at a time, set-based: as few statements as the operations' order allows. The
         # next page is read before this one is sent, and decrypted, decoded and planned while
         # the server applies this one (one connection: its statements queue behind the page's).
-        following = await _next_stored(stored)
-        page = None
-        if following is not None:
-            page = await replayer._prepare_entries(entries_from_rows(*following, wrapper), catalog)
+
+        async def prepare(rows: tuple[list[Any], list[Any]] | None) -> PreparedPage | None:
+            if rows is None:
+                return None
+            return await replayer._prepare_entries(entries_from_rows(*rows, wrapper), catalog)
+
+        page = await prepare(await _anext_or_none(stored))
         while page is not None:
-            following = await _next_stored(stored)
-            ahead = PlanAhead(replayer, catalog, wrapper, following)
-            await replayer._send(page, ahead.prepare)
+            ahead = Ahead(functools.partial(prepare, await _anext_or_none(stored)))
+            await replayer._send(page, ahead.run)
             count += page.entries
             page = await ahead.get()
         return count
@@ -534,7 +537,7 @@ class AsyncOplog(OplogSettings):
         """
 
         async def apply_page(
-            conn: psycopg.AsyncConnection[Any], entries: list[Entry], _: NextPage
+            conn: psycopg.AsyncConnection[Any], entries: list[Entry], _: Ahead[TailPage | None]
         ) -> None:
             for entry in entries:
                 await apply(conn, entry)
@@ -582,12 +585,14 @@ class AsyncOplog(OplogSettings):
         replayer = AsyncReplayer(AsyncWriter(target, catalog), "")
 
         async def replay(
-            conn: psycopg.AsyncConnection[Any], entries: list[Entry], following: NextPage
+            conn: psycopg.AsyncConnection[Any],
+            entries: list[Entry],
+            following: Ahead[TailPage | None],
         ) -> None:
             # The page at once, set-based (see AsyncReplayer.apply_many); `conn` is `target`.
             # The next page is read from the source while the target runs this one's
             # statements.
-            await replayer.apply_entries(entries, catalog, meanwhile=following.fetch)
+            await replayer.apply_entries(entries, catalog, meanwhile=following.run)
             if copy_log and entries:
                 await _copy_log(source, conn, entries)
 
@@ -602,7 +607,7 @@ class AsyncOplog(OplogSettings):
         target: psycopg.AsyncConnection[Any],
         consumer: AsyncConsumer,
         apply_page: Callable[
-            [psycopg.AsyncConnection[Any], list[Entry], NextPage], Awaitable[None]
+            [psycopg.AsyncConnection[Any], list[Entry], Ahead[TailPage | None]], Awaitable[None]
         ],
         batch_size: int,
         poll_interval: float,
@@ -630,13 +635,13 @@ class AsyncOplog(OplogSettings):
                 idle_pages=True,
             )  # fmt: skip
             try:
-                page = await _next_page(pages)
+                page = await _anext_or_none(pages)
                 while page is not None:
                     if not page:
                         # Caught up: the tail waits for new entries, outside any transaction.
-                        page = await _next_page(pages)
+                        page = await _anext_or_none(pages)
                         continue
-                    following = NextPage(pages)
+                    following = Ahead(functools.partial(_anext_or_none, pages))
                     transaction = _pipelined(target) if pipelined else target.transaction()
                     async with transaction:
                         if not synchronous_commit:
@@ -697,91 +702,44 @@ async def _stored_pages(
             yield rows, metadata
 
 
-async def _next_stored(
-    pages: AsyncIterator[tuple[list[Any], list[Any]]],
-) -> tuple[list[Any], list[Any]] | None:
+async def _anext_or_none(items: AsyncIterator[T]) -> T | None:
+    """The next item of `items`, or None at their end."""
     try:
-        return await pages.__anext__()
+        return await items.__anext__()
     except StopAsyncIteration:
         return None
 
 
-class PlanAhead:
-    """The next page of a replay, decrypted, decoded and planned while the server applies the
-    current one (:meth:`prepare`, the current page's `meanwhile`). An error preparing it is
-    raised by :meth:`get`, once the current page's results are in, as it would have been
-    after the current page without reading ahead."""
+class Ahead(Generic[T]):
+    """Work done ahead, once: the next page read (a consumer) or prepared (a replay) while
+    the server runs the current page's statements. :meth:`run` does it (the current page's
+    `meanwhile`); :meth:`get` gives its result, doing it first if nothing did, and raises its
+    error only then, once the current page is done, where it would have been raised without
+    working ahead. The tail gives an empty page instead of waiting for new entries, so a
+    consumer reading ahead never waits inside its page's transaction."""
 
-    def __init__(
-        self,
-        replayer: AsyncReplayer,
-        catalog: TypeCatalog,
-        wrapper: Wrapper,
-        stored: tuple[list[Any], list[Any]] | None,
-    ) -> None:
-        self._replayer, self._catalog, self._wrapper = replayer, catalog, wrapper
-        self._stored = stored
-        self._page: PreparedPage | None = None
-        self._error: Exception | None = None
+    def __init__(self, work: Callable[[], Awaitable[T]]) -> None:
+        self._work = work
         self._done = False
+        self._result: T | None = None
+        self._error: Exception | None = None
 
-    async def prepare(self) -> None:
-        """Prepares the next page (once)."""
+    async def run(self) -> None:
+        """Does the work (once)."""
         if self._done:
             return
         self._done = True
-        if self._stored is None:
-            return
         try:
-            entries = entries_from_rows(*self._stored, self._wrapper)
-            self._page = await self._replayer._prepare_entries(entries, self._catalog)
-        except Exception as exc:  # raised by get(), after the current page's results
+            self._result = await self._work()
+        except Exception as exc:  # raised by get(), once the current page is done
             self._error = exc
 
-    async def get(self) -> PreparedPage | None:
-        """The next page, prepared (None after the last)."""
-        await self.prepare()
+    async def get(self) -> T:
+        """The work's result."""
+        await self.run()
         if self._error is not None:
             raise self._error
-        return self._page
-
-
-async def _next_page(pages: AsyncGenerator[TailPage, None]) -> TailPage | None:
-    try:
-        return await pages.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-class NextPage:
-    """The page a consumer applies after the current one: read while the target applies the
-    current page when the apply asks for it (:meth:`fetch`), else once that page has
-    committed. The tail gives an empty page instead of waiting for new entries, so reading
-    ahead never waits inside the current page's transaction; an error reading the next page
-    is raised only when it is wanted, after the current page committed."""
-
-    def __init__(self, pages: AsyncGenerator[TailPage, None]) -> None:
-        self._pages = pages
-        self._read = False
-        self._page: TailPage | None = None
-        self._error: Exception | None = None
-
-    async def fetch(self) -> None:
-        """Reads the next page (once)."""
-        if self._read:
-            return
-        self._read = True
-        try:
-            self._page = await _next_page(self._pages)
-        except Exception as exc:  # raised by get(), once the current page has committed
-            self._error = exc
-
-    async def get(self) -> TailPage | None:
-        """The next page (None when the tail has ended)."""
-        await self.fetch()
-        if self._error is not None:
-            raise self._error
-        return self._page
+        return cast(T, self._result)
 
 
 def _consumer(consumer: AsyncConsumer | str, partition: tuple[int, int] | None) -> AsyncConsumer:
