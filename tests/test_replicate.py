@@ -305,6 +305,38 @@ def test_copying_the_log_to_a_replica_without_chains_says_which_migration_it_lac
             oplog.migrate(b)
 
 
+def test_two_replicators_of_one_consumer_take_turns_on_pipelined_pages(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """Two threads run replicate with the same consumer into the same replica: each page's
+    lock (sent in its pipelined transaction) makes them take turns, the one that finds the
+    position moved continues from it, and every entry is applied once (a second insert of a
+    row would fail on its key); together they applied all of them."""
+    _write_users(conn, range(1, 61))
+    applied: list[int] = []
+    errors: list[BaseException] = []
+
+    def replicate() -> None:
+        try:
+            with (
+                psycopg.connect(dsn, autocommit=True) as a,
+                psycopg.connect(empty_replica) as b,
+            ):
+                applied.append(LOG.replicate(a, b, "shared", batch_size=3, follow=False))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replicate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert sum(applied) == 60, applied
+    with psycopg.connect(empty_replica) as b:
+        assert rows(b, "users", "id") == [(i, f"u{i}", "", "", 0) for i in range(1, 61)]
+
+
 def test_an_entry_that_does_not_decrypt_stops_replication_after_the_page_before_it(
     conn: psycopg.Connection[Any], dsn: str, empty_replica: str
 ) -> None:
