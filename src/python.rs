@@ -726,8 +726,7 @@ fn decode_queue<'py>(
     parsers: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyList>, usize)> {
     let mut out = Vec::new();
-    let mut known = Vec::new();
-    let end = QueueDecoder::new(py, parsers)?.decode(data, start, limit, &mut known, &mut out)?;
+    let end = QueueDecoder::new(py, parsers)?.decode(data, start, limit, &mut out)?;
     Ok((PyList::new(py, out)?, end))
 }
 
@@ -744,27 +743,28 @@ fn decode_queues<'py>(
     datas: &Bound<'py, PyList>,
     parsers: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyList>, usize)> {
-    let decoder = QueueDecoder::new(py, parsers)?;
+    let mut decoder = QueueDecoder::new(py, parsers)?;
     let mut out = Vec::with_capacity(datas.len());
-    let mut known = Vec::new();
-    let items: Vec<Bound<'py, PyAny>> = datas.iter().collect();
-    for (index, item) in items.iter().enumerate() {
-        let Ok(data) = item.cast::<PyBytes>() else {
-            return Ok((PyList::new(py, out)?, index));
-        };
+    for (index, item) in datas.iter().enumerate() {
         let before = out.len();
-        if decoder.decode(data, 0, None, &mut known, &mut out).is_err() {
+        let decoded = match item.cast::<PyBytes>() {
+            Ok(data) => decoder.decode(data, 0, None, &mut out).is_ok(),
+            Err(_) => false,
+        };
+        if !decoded {
             out.truncate(before);
             return Ok((PyList::new(py, out)?, index));
         }
     }
-    Ok((PyList::new(py, out)?, items.len()))
+    Ok((PyList::new(py, out)?, datas.len()))
 }
 
-/// What decoding queues into `oplog.Operation` objects needs from the runtime.
+/// What decoding queues into `oplog.Operation` objects needs from the runtime, and the parsers
+/// it has looked up so far (by type name).
 struct QueueDecoder<'py> {
     py: Python<'py>,
     parsers: Bound<'py, PyDict>,
+    known: Vec<(String, Bound<'py, PyAny>)>,
     operation: Bound<'py, PyAny>,
     tuple_new: Bound<'py, PyAny>,
     op_types: Bound<'py, PyAny>,
@@ -778,6 +778,7 @@ impl<'py> QueueDecoder<'py> {
         Ok(QueueDecoder {
             py,
             parsers: parsers.clone(),
+            known: Vec::new(),
             operation: rt.operation.bind(py).clone().into_any(),
             tuple_new: rt.tuple_new.bind(py).clone(),
             op_types: rt.op_types.bind(py).clone().into_any(),
@@ -786,19 +787,18 @@ impl<'py> QueueDecoder<'py> {
         })
     }
 
-    /// Appends the operations of `data`'s frames from `start` (up to `limit`) to `out`, with
-    /// `known` the parsers looked up so far (by type name); returns the offset after the last
-    /// frame. Every frame is unframed and every type name checked before a message is parsed;
+    /// Appends the operations of `data`'s frames from `start` (up to `limit`) to `out`; returns
+    /// the offset after the last frame. Every frame is unframed and every type name checked before a message is parsed;
     /// on an error, `out` may hold some of `data`'s operations (the caller drops them).
     fn decode(
-        &self,
+        &mut self,
         data: &Bound<'py, PyBytes>,
         start: usize,
         limit: Option<usize>,
-        known: &mut Vec<(String, Bound<'py, PyAny>)>,
         out: &mut Vec<Bound<'py, PyAny>>,
     ) -> PyResult<usize> {
         let py = self.py;
+        let known = &mut self.known;
         let (frames, end) = unframe(py, data.as_bytes(), start, limit)?;
         // One parser lookup per distinct type name, all before any message is parsed.
         for (_, env) in &frames {

@@ -222,7 +222,6 @@ class Plan:
             runs.clear()
             touched.clear()
 
-        commuting_tables: dict[tuple[str, TableMapping], bool] = {}
         for item in self._planned:
             if isinstance(item, Operation):
                 close()
@@ -235,10 +234,7 @@ class Plan:
             if key is None:
                 commuting, row = False, None
             else:
-                found = commuting_tables.get((target, mapping))
-                if found is None:
-                    found = commuting_tables[target, mapping] = commutes(item)
-                commuting, row = found, (target, key)
+                commuting, row = commutes(item), (target, key)
             signature = (kind, target, mapping, shape)
             if (
                 commuting != stretch

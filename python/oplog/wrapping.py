@@ -282,11 +282,9 @@ class MultiWrapper:
         Raises:
             DecryptError: The blob names no key id or an unknown one, or decryption fails.
         """
-        if isinstance(self._primary, AeadWrapper):
-            # Most blobs are the primary key's.
-            (plaintext,) = self._primary._own_plaintexts((blob,))
-            if plaintext is not None:
-                return plaintext
+        (plaintext,) = page_plaintexts(self, (blob,))  # most blobs are the primary key's
+        if plaintext is not None:
+            return plaintext
         info = _parse(blob)
         key_id = info.key_info.key_id
         if not key_id:
