@@ -64,7 +64,7 @@ bench-smoke: setup
 
 # libFuzzer through cargo-fuzz: a target per entry point of the codec (fuzz/fuzz_targets).
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain provide them.
-FUZZ_TARGETS := queue_decode envelope_decode pgarray_pack
+FUZZ_TARGETS := queue_decode envelope_decode pgarray_pack blob_open
 FUZZ_SECONDS ?= 600
 FUZZ := RUSTC_BOOTSTRAP=1 cargo fuzz
 

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyString, PyTuple, PyType};
 
+use crate::blob;
 use crate::chain::{TagInput, TagKey};
 use crate::envelope::{Envelope, Format};
 use crate::error::CodecError;
@@ -1157,6 +1158,50 @@ fn entry_tags<'py>(
     Ok(tags)
 }
 
+// --- Encrypted blobs -------------------------------------------------------------------------
+
+/// The plaintext of each blob of a page that is laid out exactly as an `AeadWrapper` with `key`
+/// writes its blobs (`key_info_field` after the sealed part, nothing else) and that
+/// authenticates; None for every other item (another layout or type, a changed bit), for the
+/// caller's protobuf path to read and to say what is wrong.
+///
+/// Raises `InvalidParameterError` unless `key` is 32 bytes.
+#[pyfunction]
+fn open_own_blobs<'py>(
+    py: Python<'py>,
+    key: &[u8],
+    key_info_field: &[u8],
+    blobs: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyList>> {
+    let opener = blob::Opener::new(key).ok_or_else(|| {
+        InvalidParameterError::new_err(format!(
+            "an AES-256 key is {} bytes, not {}",
+            blob::KEY_SIZE,
+            key.len()
+        ))
+    })?;
+    let mut out = Vec::with_capacity(blobs.len());
+    for item in blobs.iter() {
+        let sealed = item
+            .cast_exact::<PyBytes>()
+            .ok()
+            .and_then(|bytes| blob::own_sealed(bytes.as_bytes(), key_info_field));
+        let plaintext = match sealed.and_then(|s| Some((s, blob::Opener::plaintext_len(s)?))) {
+            Some((sealed, len)) => {
+                let mut opened = false;
+                let bytes = PyBytes::new_with(py, len, |buf| {
+                    opened = opener.open_into(sealed, buf);
+                    Ok(())
+                })?;
+                opened.then_some(bytes.into_any())
+            }
+            None => None,
+        };
+        out.push(plaintext.unwrap_or_else(|| py.None().into_bound(py)));
+    }
+    PyList::new(py, out)
+}
+
 /// The byte-level core of oplog.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1170,5 +1215,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_text_columns, m)?)?;
     m.add_function(wrap_pyfunction!(chain_tags, m)?)?;
     m.add_function(wrap_pyfunction!(entry_tags, m)?)?;
+    m.add_function(wrap_pyfunction!(open_own_blobs, m)?)?;
     Ok(())
 }

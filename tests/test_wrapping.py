@@ -7,12 +7,13 @@ import pickle
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oplog
-from oplog import wrapping
+from oplog import _core, wrapping
 from oplog.proto.blob_pb2 import BlobInfo, KeyInfo
 from oplog.wrapping import _parse, blob_key_id
 from tests.golden import load
@@ -279,3 +280,44 @@ def test_own_blobs_up_to_16_kib_take_the_fast_path(size: int) -> None:
     assert w._own_plaintexts([blob]) == [bytes(size)]
     assert oplog.AeadWrapper(KEY, "k2")._own_plaintexts([blob]) == [None]
     assert BlobInfo.FromString(blob).key_info.key_id == "k1"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    plaintexts=st.lists(st.binary(max_size=300), max_size=8),
+    flips=st.lists(st.integers(0, 10**6), max_size=3),
+)
+def test_the_rust_core_opens_a_page_of_blobs_as_openssl_does(
+    key: bytes, plaintexts: list[bytes], flips: list[int]
+) -> None:
+    """``_core.open_own_blobs`` (AES-256-GCM in the Rust core) gives each blob of a page the
+    plaintext OpenSSL (``cryptography``'s AESGCM) gives its sealed part, and None where
+    OpenSSL finds a changed bit; an item that is not exactly bytes is None too."""
+    w = oplog.AeadWrapper(key, "k1")
+    blobs = [bytearray(w.encrypt(p)) for p in plaintexts]
+    for flip in flips:
+        if blobs:
+            blob = blobs[flip % len(blobs)]
+            # A bit of the sealed part (nonce, ciphertext or tag), never of the framing.
+            start, end = (
+                (2, 2 + blob[1]) if blob[1] < 0x80 else (3, 3 + (blob[1] & 0x7F | blob[2] << 7))
+            )
+            at = start + flip % (end - start)
+            blob[at] ^= 1 << (flip % 8)
+    expected: list[bytes | None] = []
+    for blob in blobs:
+        sealed = BlobInfo.FromString(bytes(blob)).ciphertext
+        try:
+            expected.append(AESGCM(key).decrypt(sealed[:12], sealed[12:], None))
+        except InvalidTag:
+            expected.append(None)
+    page = [bytes(blob) for blob in blobs]
+    assert _core.open_own_blobs(key, w._key_info_field, page) == expected
+    others: list[Any] = [bytearray(b) for b in page] + [memoryview(b) for b in page] + [None, 7]
+    assert _core.open_own_blobs(key, w._key_info_field, others) == [None] * len(others)
+
+
+def test_the_rust_core_opens_only_with_a_32_byte_key() -> None:
+    with pytest.raises(oplog.InvalidParameterError, match="32 bytes, not 16"):
+        _core.open_own_blobs(bytes(16), b"\x2a\x04\x1a\x02k1", [])

@@ -15,6 +15,7 @@ __all__ = [
     "decode_queues",
     "encode_operations",
     "entry_tags",
+    "open_own_blobs",
     "pack_array",
     "pack_int8_array",
     "pack_text_columns",
@@ -187,4 +188,14 @@ def entry_tags(
     Raises:
         oplog.InvalidParameterError: The lists differ in length, or an element has the wrong
             type.
+    """
+
+def open_own_blobs(key: bytes, key_info_field: bytes, blobs: list[bytes]) -> list[bytes | None]:
+    """The plaintext of each blob laid out exactly as an ``AeadWrapper`` with `key` writes its
+    blobs (the sealed part in field 1, then `key_info_field`, nothing else) that authenticates
+    under AES-256-GCM; None for every other blob (another layout, a changed bit) and for an
+    item that is not exactly bytes.
+
+    Raises:
+        oplog.InvalidParameterError: `key` is not 32 bytes.
     """

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use oplog_core::{queue, Envelope};
+use oplog_core::{blob, queue, Envelope};
 
 fn inputs(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,4 +38,24 @@ fn envelope_corpus_decodes_or_fails_inside_the_input() {
             assert!((7..=7 + data.len()).contains(&offset), "{err}");
         }
     }
+}
+
+#[test]
+fn blob_corpus_opens_only_unchanged_sealed_parts() {
+    let opener = blob::Opener::new(&[7; 32]).unwrap();
+    let mut opened = 0;
+    for data in inputs("blob_open") {
+        if let Some(sealed) = blob::own_sealed(&data, b"\x2a\x04\x1a\x02k1") {
+            if opener.open(sealed).is_some() {
+                opened += 1;
+                let mut changed = sealed.to_vec();
+                changed[0] ^= 1;
+                assert_eq!(opener.open(&changed), None);
+            }
+        }
+    }
+    assert!(
+        opened > 0,
+        "the corpus has no blob sealed under the fuzz target's key"
+    );
 }
