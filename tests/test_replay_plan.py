@@ -32,8 +32,7 @@ def _plan(
     """`ops` planned and arranged, as if the target tables' operations on different rows
     commuted (`commuting`) or not."""
     plan = Plan(ReplayCache(Statements(conn, CATALOG), "_r"))
-    for op in ops:
-        plan.add(op)
+    plan.add(ops)
     for target in plan.targets:
         key = ("id",) if commuting else None
         plan.cache.tables[target] = TableTraits(_TYPES[target], key, frozenset())

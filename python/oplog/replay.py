@@ -246,8 +246,7 @@ class Replayer:
         and nothing sent: what :meth:`_send` sends. The target tables are made ready and
         their traits read (statements on the connection) before planning."""
         plan = Plan(self._cache)
-        for op in operations:
-            plan.add(op)
+        plan.add(operations)
         conn = self._writer.conn
         for target, msg in plan.targets.items():
             self._ready_table(target, msg)

@@ -6,7 +6,7 @@ and ``AsyncReplayer``, run the plan).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import psycopg
@@ -26,17 +26,12 @@ _SHAPES_MAX = 4096  # update shapes remembered per replayer (each mask combinati
 _ORD = sql.Identifier("oplog ord")  # a name no table column of the caller's can collide with
 
 
-class _Planned(NamedTuple):
-    """An operation :meth:`Plan.add` checked: the run it can join, and its row's key (in
-    PostgreSQL's text form; None for an insert whose key the database generates)."""
-
-    kind: str
-    target: str
-    mapping: TableMapping
-    shape: tuple[Any, ...]
-    columns: list[Column]
-    key: tuple[Any, ...] | None
-    message: Message
+_Planned = tuple[
+    str, str, TableMapping, tuple[Any, ...], list[Column], "tuple[Any, ...] | None", Message
+]
+"""An operation :meth:`Plan.add` checked: the run it can join (kind, target, mapping, shape,
+columns), its row's key (in PostgreSQL's text form; None for an insert whose key the database
+generates), and its message. A plain tuple: a page builds hundreds."""
 
 
 class Run:
@@ -102,20 +97,19 @@ class ReplayCache:
             for key in [k for k in self._commuting if k[0] == target]:
                 del self._commuting[key]
 
-    def commutes(self, planned: _Planned) -> bool:
-        """Whether operations of `planned`'s mapping on different rows of its target commute
+    def commutes(self, target: str, m: TableMapping) -> bool:
+        """Whether operations of mapping `m` on different rows of `target` commute
         (:attr:`TableTraits.key`): the table allows it, its key is the mapping's, and an
         insert of the mapping leaves out no column whose default depends on order."""
-        found = self._commuting.get((planned.target, planned.mapping))
+        found = self._commuting.get((target, m))
         if found is None:
-            traits = self.tables[planned.target]
-            m = planned.mapping
+            traits = self.tables[target]
             found = (
                 traits.key is not None
                 and traits.key == tuple(c.name for c in m.primary_key)
                 and traits.defaulted <= {c.name for c in m.columns}
             )
-            self._commuting[(planned.target, planned.mapping)] = found
+            self._commuting[(target, m)] = found
         return found
 
     def update_shape(self, m: TableMapping, op: Operation) -> tuple[list[Column], tuple[Any, ...]]:
@@ -174,37 +168,46 @@ class Plan:
         # What add() noted: one operation each, in order.
         self._planned: list[_Planned | Operation] = []
 
-    def add(self, op: Operation) -> None:
-        """Checks `op` and notes the run it could join.
+    def add(self, operations: Iterable[Operation]) -> None:
+        """Checks each of `operations` and notes, in order, the run it could join (a page's
+        operations in one call: the loop's per-operation cost is most of planning's).
 
         Raises:
             InvalidParameterError: As the writer would for it (a path that names no column,
                 an unset key for an update or delete, ...).
         """
-        self.count += 1
-        kind = _KINDS.get(op.op_type)
-        if kind is None or op.options is not None:
-            # Options work row by row (versions, conflicts): applied as apply() would.
-            self._planned.append(op)
-            return
         cache = self.cache
-        msg = op.message
-        target, m = cache.resolve(msg)
-        if target not in self.targets:
-            self.targets[target] = msg
-        key = m.given_key(msg)
-        if kind == "insert":
-            generated = key is None and bool(m.primary_key)
-            columns = m.columns_without_key if generated else m.columns
-            shape: tuple[Any, ...] = (generated,)
-        else:
-            if key is None:
-                cache.statements.check_key(m, msg)  # raises: no key in the table or the message
-            if kind == "update":
-                columns, shape = cache.update_shape(m, op)
+        resolved = cache.resolved
+        targets = self.targets
+        note = self._planned.append
+        kinds = _KINDS
+        before = len(self._planned)
+        for op in operations:
+            msg, _, op_type, _, _, options = op
+            kind = kinds.get(op_type)
+            if kind is None or options is not None:
+                # Options work row by row (versions, conflicts): applied as apply() would.
+                note(op)
+                continue
+            found = resolved.get(type(msg))
+            target, m = cache.resolve(msg) if found is None else found
+            if target not in targets:
+                targets[target] = msg
+            key = m.given_key(msg)
+            shape: tuple[Any, ...]
+            if kind == "insert":
+                generated = key is None and bool(m.primary_key)
+                columns = m.columns_without_key if generated else m.columns
+                shape = (generated,)
             else:
-                columns, shape = m.primary_key, ()
-        self._planned.append(_Planned(kind, target, m, shape, columns, key, msg))
+                if key is None:
+                    cache.statements.check_key(m, msg)  # raises: no key in table or message
+                if kind == "update":
+                    columns, shape = cache.update_shape(m, op)
+                else:
+                    columns, shape = m.primary_key, ()
+            note((kind, target, m, shape, columns, key, msg))
+        self.count += len(self._planned) - before
 
     def arrange(self) -> None:
         """Groups what :meth:`add` noted into :attr:`steps` (see the class)."""
@@ -234,7 +237,7 @@ class Plan:
             if key is None:
                 commuting, row = False, None
             else:
-                commuting, row = commutes(item), (target, key)
+                commuting, row = commutes(target, mapping), (target, key)
             signature = (kind, target, mapping, shape)
             if (
                 commuting != stretch
