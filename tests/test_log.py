@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestCar, TestRental, TestUser
@@ -36,6 +38,56 @@ def test_write_creates_the_ticket_and_reads_back(make_driver: MakeDriver) -> Non
 
 
 _CREATE = oplog.Operation(TestUser(), "user", oplog.OpType.CREATE)
+
+
+class _CountingTimes(Loader):
+    """A timestamptz loader of a caller's own: the text it was given, and a count of calls."""
+
+    calls = 0
+
+    def load(self, data: Buffer) -> Any:
+        _CountingTimes.calls += 1
+        return ("loaded", bytes(data).decode())
+
+
+def test_a_page_loads_each_entry_time_as_the_connection_would_when_asked(
+    make_driver: MakeDriver, conn: psycopg.Connection[Any]
+) -> None:
+    """Reads and tails fetch ``create_time`` as text and each entry loads it when first asked
+    for, as the connection loads the column: in its session's time zone, or with a loader the
+    caller registered on it, once per entry and never for an entry not asked."""
+    d = make_driver(options="-c timezone=Asia/Kathmandu")
+    op = oplog.Operation(TestUser(id=1, name="a"), "user", oplog.OpType.CREATE)
+    d.write("times", [op])
+    d.write_many([("times", [op], None), ("others", [op], None)])
+    d.commit()
+    conn.execute("set timezone = 'Asia/Kathmandu'")
+    stored = [row[0] for row in conn.execute("select create_time from oplog_entry order by id")]
+    # Equal instants in another zone compare equal; the ISO forms show the offset too.
+    expected = [t.isoformat() for t in stored]
+    assert all(t.endswith("+05:45") for t in expected)
+    assert [e.create_time.isoformat() for e in d.read() if e.create_time] == expected
+    d.commit()  # a tail needs a connection outside any transaction
+    tailed = d.tail(follow=False)
+    assert [e.create_time.isoformat() for e, _ in tailed if e.create_time] == expected
+
+    d.conn.adapters.register_loader("timestamptz", _CountingTimes)
+    texts = [
+        row[0] for row in conn.execute("select create_time::text from oplog_entry order by id")
+    ]
+    _CountingTimes.calls = 0
+    read = d.read()
+    d.commit()
+    for entries in (read, [e for e, _ in d.tail(follow=False)]):
+        assert _CountingTimes.calls == 0
+        first = entries[0]
+        assert first.create_time == first.create_time == ("loaded", texts[0])
+        assert _CountingTimes.calls == 1
+        assert [e.create_time for e in entries] == [("loaded", t) for t in texts]
+        assert _CountingTimes.calls == 3
+        first.create_time = None  # settable, as the writer sets it
+        assert first.create_time is None
+        _CountingTimes.calls = 0
 
 
 # --- Probed defects (issue 10) --------------------------------------------------------------------

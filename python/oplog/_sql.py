@@ -268,9 +268,12 @@ select count(*) from entry
 
 _ENTRY_COLUMNS = "id, create_time, version, aggregate_name, data, key_id"
 """The columns of a stored entry, in the order Entry.from_row's callers unpack them."""
+_PAGE_COLUMNS = "id, create_time::text, version, aggregate_name, data, key_id"
+"""The same for a page of a read or a tail: the time as text, which the entry loads when it
+is asked for (see entry.time_loader)."""
 
 READ_PAGE = f"""
-select {_ENTRY_COLUMNS} from oplog_entry
+select {_PAGE_COLUMNS} from oplog_entry
 where id > %s and (%s::text is null or aggregate_name = %s)
 order by id limit %s
 """
@@ -321,8 +324,8 @@ limit %(limit)s
 _XACT_BOUNDS = """xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
   and xact_id < pg_snapshot_xmax(%(reading)s::pg_snapshot)
   and """
-TAIL_PAGE = _TAIL_PAGE.format(columns=_ENTRY_COLUMNS, bounds=_XACT_BOUNDS)
-TAIL_PAGE_CONTINUED = _TAIL_PAGE.format(columns=_ENTRY_COLUMNS, bounds="")
+TAIL_PAGE = _TAIL_PAGE.format(columns=_PAGE_COLUMNS, bounds=_XACT_BOUNDS)
+TAIL_PAGE_CONTINUED = _TAIL_PAGE.format(columns=_PAGE_COLUMNS, bounds="")
 
 # Committed entries a checkpoint has not delivered: visible in the current snapshot, not in
 # `seen`, and (inside a poll) not among the poll's entries up to `after`.

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Loader
 from psycopg.pq import TransactionStatus
 
 from oplog.entry import Entry, entries_from_rows
@@ -255,11 +256,14 @@ class TailCursor:
             "part": self.part, "parts": self.parts,
         }  # fmt: skip
 
-    def page(self, rows: list[Any], metadata: list[Any], wrapper: Wrapper) -> TailPage:
-        """The page's entries with their checkpoints; advances the position past them."""
+    def page(
+        self, rows: list[Any], metadata: list[Any], wrapper: Wrapper, times: Loader | None = None
+    ) -> TailPage:
+        """The page's entries with their checkpoints (each ``create_time`` loaded by `times`
+        when asked, see :func:`oplog.entry.time_loader`); advances the position past them."""
         p = self.position
         assert p.reading is not None
-        entries = entries_from_rows(rows, metadata, wrapper)
+        entries = entries_from_rows(rows, metadata, wrapper, times)
         if len(rows) < self.batch_size:
             # The poll is fully delivered: its snapshot becomes the whole position.
             self.position = Checkpoint(p.reading)

@@ -6,6 +6,10 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import psycopg
+from psycopg import pq
+from psycopg.abc import Loader
+
 from oplog import _sql
 from oplog._db import execute
 from oplog._dberrors import ticket_conflicts
@@ -32,6 +36,7 @@ __all__ = [
     "group_metadata",
     "metadata_rows",
     "normalize_metadata",
+    "time_loader",
 ]
 
 Metadata = dict[str, list[str]]
@@ -128,10 +133,12 @@ class Entry:
     """
 
     __slots__ = (
+        "_create_text",
+        "_create_time",
         "_encrypted",
+        "_time_loader",
         "aggregate_name",
         "blob",
-        "create_time",
         "data",
         "format_version",
         "id",
@@ -161,7 +168,9 @@ class Entry:
         self.ticketer = ticketer
         self.format_version: str = format_version
         self.id: int | None = None
-        self.create_time: dt.datetime | None = None
+        self._create_time: dt.datetime | None = None
+        self._create_text = ""
+        self._time_loader: Loader | None = None
         self.key_id = wrapper.key_id if wrapper is not None else ""
         self.data = b""
         self._encrypted = False
@@ -190,7 +199,7 @@ class Entry:
     def _stored(
         cls,
         id_: int,
-        create_time: dt.datetime,
+        create_time: Any,
         format_version: str,
         aggregate_name: str,
         blob: bytes,
@@ -198,9 +207,11 @@ class Entry:
         metadata: Metadata,
         wrapper: Wrapper | None,
         plaintext: bytes | None,
+        times: Loader | None = None,
     ) -> Entry:
         """:meth:`from_row`, positional (a page makes hundreds), and decrypted already when
-        given the blob's `plaintext`."""
+        given the blob's `plaintext`. `create_time` is a datetime; with `times`, its text form,
+        loaded by `times` when first asked for (see :func:`time_loader`)."""
         entry = cls.__new__(cls)
         entry.aggregate_name = aggregate_name
         entry.metadata = metadata
@@ -208,7 +219,10 @@ class Entry:
         entry.ticketer = None
         entry.format_version = format_version
         entry.id = id_
-        entry.create_time = create_time
+        if times is None:
+            entry._create_time, entry._time_loader = create_time, None
+        else:
+            entry._create_text, entry._time_loader = create_time, times
         entry.key_id = key_id
         entry.blob = blob
         entry.data = blob if plaintext is None else plaintext
@@ -338,6 +352,21 @@ class Entry:
             self.decrypt_data()
         Replayer(writer, table_suffix).apply(self.unmarshal_data(catalog))
 
+    @property
+    def create_time(self) -> dt.datetime | None:
+        """When the row was inserted, once written or read."""
+        loader = self._time_loader
+        if loader is not None:
+            # Read as text with its page: loaded now, once (a race loads the same value
+            # twice; the text stays for it).
+            self._create_time = loader.load(self._create_text.encode())
+            self._time_loader = None
+        return self._create_time
+
+    @create_time.setter
+    def create_time(self, value: dt.datetime | None) -> None:
+        self._create_time, self._time_loader = value, None
+
     def __repr__(self) -> str:
         state = "encrypted" if self._encrypted else "plaintext"
         return (
@@ -347,11 +376,27 @@ class Entry:
         )
 
 
+def time_loader(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Loader:
+    """What `conn` loads a ``timestamptz`` in text form with (its time zone and DateStyle, or a
+    loader of the caller's). A page of entries is read with ``create_time::text`` and each
+    entry loads its time with this when it is first asked for: loading a time costs more than
+    the rest of the row, and a consumer, a replay or a replica never asks."""
+    oid = conn.adapters.types["timestamptz"].oid
+    loader = conn.adapters.get_loader(oid, pq.Format.TEXT)
+    if loader is None:
+        raise AssertionError("psycopg has no text loader for timestamptz")
+    return loader(oid, conn)
+
+
 def entries_from_rows(
-    rows: Iterable[Sequence[Any]], metadata: Iterable[Sequence[Any]], wrapper: Wrapper
+    rows: Iterable[Sequence[Any]],
+    metadata: Iterable[Sequence[Any]],
+    wrapper: Wrapper,
+    times: Loader | None = None,
 ) -> list[Entry]:
     """Entries from stored ``(id, create_time, version, aggregate_name, data, key_id)`` rows
-    and their ``(entry_id, key, value)`` metadata rows, decrypted with `wrapper`.
+    and their ``(entry_id, key, value)`` metadata rows, decrypted with `wrapper`. With
+    `times` (:func:`time_loader`), each ``create_time`` is its text form, loaded when asked.
 
     Raises:
         DecryptError: An entry does not decrypt with `wrapper` (the message names it).
@@ -364,8 +409,9 @@ def entries_from_rows(
         rows, blobs, page_plaintexts(wrapper, blobs)
     ):
         entry = Entry._stored(
-            id_, create_time, version, name, blob, key_id, by_entry.get(id_, {}), wrapper, plaintext
-        )
+            id_, create_time, version, name, blob, key_id, by_entry.get(id_, {}), wrapper,
+            plaintext, times,
+        )  # fmt: skip
         if plaintext is None:
             try:
                 entry.decrypt_data()

@@ -40,7 +40,7 @@ from oplog.checkpoint import (
     partition_consumer,
 )
 from oplog.consumer import Consumer
-from oplog.entry import Entry, ReadPages, entries_from_rows
+from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
@@ -258,8 +258,9 @@ class Oplog(OplogSettings):
             DecryptError: An entry does not decrypt with this log's wrapper.
         """
         pages = ReadPages(aggregate_name, after_id, limit)
+        times = time_loader(conn)
         for rows, metadata in _stored_pages(conn, pages):
-            yield from entries_from_rows(rows, metadata, self.wrapper)
+            yield from entries_from_rows(rows, metadata, self.wrapper, times)
 
     def replay(
         self, conn: psycopg.Connection[Any], table_suffix: str = "_replay", after_id: int = 0
@@ -273,6 +274,7 @@ class Oplog(OplogSettings):
         replayer = Replayer(Writer(conn, self.catalog), table_suffix)
         catalog, wrapper = self.catalog, self.wrapper
         stored = _stored_pages(conn, ReadPages(None, after_id, None))
+        times = time_loader(conn)
         count = 0
         # A page at a time, set-based: as few statements as the operations' order allows. The
         # next page is read before this one is sent, and decrypted, decoded and planned while
@@ -281,7 +283,7 @@ class Oplog(OplogSettings):
         def prepare(rows: tuple[list[Any], list[Any]] | None) -> PreparedPage | None:
             if rows is None:
                 return None
-            return replayer._prepare_entries(entries_from_rows(*rows, wrapper), catalog)
+            return replayer._prepare_entries(entries_from_rows(*rows, wrapper, times), catalog)
 
         page = prepare(_anext_or_none(stored))
         while page is not None:
@@ -462,6 +464,7 @@ class Oplog(OplogSettings):
             execute(conn, listen_statement(channel))
             _end_read(conn)
         cursor.start(_snapshot(conn))
+        times = time_loader(conn)
         while stop is None or not stop.is_set():
             if cursor.needs_snapshot:
                 cursor.begin(_snapshot(conn))
@@ -478,7 +481,7 @@ class Oplog(OplogSettings):
                 _end_read(conn)  # ends the no-sort setting before the metadata is read
             metadata = _metadata(conn, [row[0] for row in rows])
             _end_read(conn)
-            page = cursor.page(rows, metadata, self.wrapper)
+            page = cursor.page(rows, metadata, self.wrapper, times)
             if page:
                 yield page
             if cursor.caught_up:

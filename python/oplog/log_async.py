@@ -41,7 +41,7 @@ from oplog.checkpoint import (
     partition_consumer,
 )
 from oplog.consumer_async import AsyncConsumer
-from oplog.entry import Entry, ReadPages, entries_from_rows
+from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay_async import AsyncReplayer
@@ -261,8 +261,9 @@ class AsyncOplog(OplogSettings):
             DecryptError: An entry does not decrypt with this log's wrapper.
         """
         pages = ReadPages(aggregate_name, after_id, limit)
+        times = time_loader(conn)
         async for rows, metadata in _stored_pages(conn, pages):
-            for entry in entries_from_rows(rows, metadata, self.wrapper):
+            for entry in entries_from_rows(rows, metadata, self.wrapper, times):
                 yield entry
 
     async def replay(
@@ -277,6 +278,7 @@ class AsyncOplog(OplogSettings):
         replayer = AsyncReplayer(AsyncWriter(conn, self.catalog), table_suffix)
         catalog, wrapper = self.catalog, self.wrapper
         stored = _stored_pages(conn, ReadPages(None, after_id, None))
+        times = time_loader(conn)
         count = 0
         # A page at a time, set-based: as few statements as the operations' order allows. The
         # next page is read before this one is sent, and decrypted, decoded and planned while
@@ -285,7 +287,9 @@ class AsyncOplog(OplogSettings):
         async def prepare(rows: tuple[list[Any], list[Any]] | None) -> PreparedPage | None:
             if rows is None:
                 return None
-            return await replayer._prepare_entries(entries_from_rows(*rows, wrapper), catalog)
+            return await replayer._prepare_entries(
+                entries_from_rows(*rows, wrapper, times), catalog
+            )
 
         page = await prepare(await _anext_or_none(stored))
         while page is not None:
@@ -467,6 +471,7 @@ class AsyncOplog(OplogSettings):
             await aexecute(conn, listen_statement(channel))
             await _end_read(conn)
         cursor.start(await _snapshot(conn))
+        times = time_loader(conn)
         while stop is None or not stop.is_set():
             if cursor.needs_snapshot:
                 cursor.begin(await _snapshot(conn))
@@ -483,7 +488,7 @@ class AsyncOplog(OplogSettings):
                 await _end_read(conn)  # ends the no-sort setting before the metadata is read
             metadata = await _metadata(conn, [row[0] for row in rows])
             await _end_read(conn)
-            page = cursor.page(rows, metadata, self.wrapper)
+            page = cursor.page(rows, metadata, self.wrapper, times)
             if page:
                 yield page
             if cursor.caught_up:
