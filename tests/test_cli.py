@@ -22,9 +22,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+import oplog
 from oplog import keyfile, schema
-from oplog.demo import SCHEMA, TABLES
+from oplog.demo import CATALOG, SCHEMA, TABLES
 from oplog.demo import TABLES_SQL as DDL
+from oplog.proto.oplog_test_pb2 import TestCar
 from tests.pg import Server
 
 DEMO_TYPES = ["--types", "oplog.demo:CATALOG", "--search-path", "oplog_demo,public"]
@@ -680,3 +682,64 @@ def test_the_libpq_environment_names_the_database(pg: Server, tmp_path: Path) ->
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_libpq with (force)")
+
+
+def test_a_replay_of_many_pages_names_the_entry_of_a_later_page_that_fails(
+    pg: Server, tmp_path: Path
+) -> None:
+    """replay and verify --replay plan each page while the one before is applied: over three
+    pages the counts and tables are whole, and a page that fails (rows already there, or an
+    entry that does not decode, planned ahead) is replayed one entry at a time so that the
+    error names the entry, with nothing committed."""
+    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+        admin.execute("drop database if exists t_cli_pages with (force)")
+        admin.execute("create database t_cli_pages")
+    dsn = pg.dsn_for("t_cli_pages")
+    cli = Cli(_env(tmp_path, OPLOG_DSN=dsn, OPLOG_KEY_FILE=str(tmp_path / "keys.json")))
+    try:
+        cli("keygen")
+        cli("demo")  # 7 entries
+        wrapper = keyfile.load_wrapper(tmp_path / "keys.json")
+        log = oplog.Oplog(wrapper, CATALOG)
+        cars = [TestCar(id=1000 + i, model=f"m{i}", mpg=i) for i in range(1300)]
+        with psycopg.connect(dsn) as conn:
+            conn.execute(sql.SQL("set search_path to {}, public").format(sql.Identifier(SCHEMA)))
+            for car in cars:
+                conn.execute(
+                    "insert into cars (id, model, mpg) values (%s, %s, %s)",
+                    (car.id, car.model, car.mpg),
+                )
+            log.write_many(
+                conn,
+                [
+                    ("demo.cars", [oplog.Operation(c, "car", oplog.OpType.CREATE)], None)
+                    for c in cars
+                ],
+            )
+        assert cli.json("replay", *DEMO_TYPES, "--suffix", "_pages") == [
+            {"replayed": 1307, "suffix": "_pages"}
+        ]
+        assert "replay to equal tables" in cli("verify", "--replay", *DEMO_TYPES).stdout
+
+        # Entries 901 on already there: the second page fails, while the third is planned.
+        cli("replay", *DEMO_TYPES, "--suffix", "_again", "--after", "900")
+        line = cli.one_line_error("replay", *DEMO_TYPES, "--suffix", "_again", code=1)
+        assert "entry 901 " in line
+        with psycopg.connect(dsn) as conn:
+            conn.execute(sql.SQL("set search_path to {}").format(sql.Identifier(SCHEMA)))
+            assert conn.execute("select count(*) from cars_again").fetchone() == (407,)
+
+        # An entry of the third page that does not decode: planned ahead, named.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "insert into oplog_entry (version, aggregate_name, data, key_id)"
+                " values ('v2', 'demo.cars', %s, %s)",
+                (wrapper.encrypt(b"\x09\x00\x00\x00not a frame"), wrapper.key_id),
+            )
+        line = cli.one_line_error("replay", *DEMO_TYPES, "--suffix", "_bad", code=1)
+        assert "entry 1308" in line
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("select to_regclass('oplog_demo.cars_bad')").fetchone() == (None,)
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute("drop database if exists t_cli_pages with (force)")

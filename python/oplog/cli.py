@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
-import itertools
 import json
 import logging
 import math
@@ -44,8 +44,10 @@ from oplog.catalog import check_identifier
 from oplog.chain import SavedHeads
 from oplog.checkpoint import check_partition, partition_consumer
 from oplog.consumer import lag_behind
-from oplog.entry import Entry
+from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
+from oplog.log import Ahead, _anext_or_none, _stored_pages
 from oplog.replay import tables_equal
+from oplog.replay_plan import Plan, decode_entries
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -529,7 +531,7 @@ def _replay_and_compare(
         progress = Progress("replay", total)
         replayer = oplog.Replayer(writer, suffix)
         try:
-            _replay_pages(conn, log.read(conn), replayer, catalog, progress)
+            _replay_pages(conn, log, 0, replayer, progress)
         except _ReplayFailed as failed:
             # The replay cannot go on (its transaction is aborted): that entry is the problem.
             return [{"entry": failed.entry_id, "problem": f"does not replay: {failed.error}"}]
@@ -594,37 +596,63 @@ class _ReplayFailed(Exception):
         self.error = error
 
 
-_REPLAY_PAGE = 500
-
-
 def _replay_pages(
     conn: psycopg.Connection[Any],
-    entries: Iterator[Entry],
+    log: oplog.Oplog,
+    after_id: int,
     replayer: oplog.Replayer,
-    catalog: oplog.TypeCatalog,
     progress: Progress,
 ) -> int:
-    """Replays `entries` in pages, set-based (see ``Replayer.apply_many``), in the caller's
-    transaction; returns how many. A page that fails is rolled back to its savepoint and
-    replayed again one entry at a time, so that the error names the entry.
+    """Replays the entries after `after_id` in pages, set-based (see
+    ``Replayer.apply_many``), in the caller's transaction; returns how many. A page that fails
+    is rolled back to its savepoint and replayed again one entry at a time, so that the error
+    names the entry.
+
+    As ``Oplog.replay`` does, the next page's rows are read before this page's statements are
+    sent, and decrypted, decoded and planned while the server applies them. Only the part of
+    planning without I/O goes ahead (``Replayer._plan``): the rest (tables made ready, their
+    traits read, statements composed) runs in the page's own savepoint, so that whatever
+    fails, fails there.
 
     Raises:
         _ReplayFailed: An entry does not replay.
     """
+    catalog = log.catalog
+    stored = _stored_pages(conn, ReadPages(None, after_id, None))
+    times = time_loader(conn)
+
+    def plan(rows: tuple[list[Any], list[Any]]) -> tuple[list[Entry], Plan | oplog.OplogError]:
+        # A page that does not decrypt fails here, as reading it did; one that does not decode
+        # or plan is replayed one entry at a time, to name the entry.
+        entries = entries_from_rows(*rows, log.wrapper, times)
+        try:
+            return entries, replayer._plan(decode_entries(entries, catalog))
+        except oplog.OplogError as exc:
+            return entries, exc
+
     count = 0
-    while page := list(itertools.islice(entries, _REPLAY_PAGE)):
+    rows = _anext_or_none(stored)
+    page = None if rows is None else plan(rows)
+    while page is not None:
+        entries, planned = page
+        rows = _anext_or_none(stored)
+        ahead = None if rows is None else Ahead(functools.partial(plan, rows))
         try:
             with conn.transaction():
-                replayer.apply_entries(page, catalog)
+                if isinstance(planned, oplog.OplogError):
+                    raise planned
+                prepared = replayer._finish(planned, len(entries))
+                replayer._send(prepared, None if ahead is None else ahead.run)
         except (psycopg.Error, oplog.OplogError) as set_based:
-            for entry in page:
+            for entry in entries:
                 try:
                     _replay_entry(replayer, entry, catalog)
                 except CommandError as error:
                     raise _ReplayFailed(entry.id, error) from None
             raise set_based  # one by one it replays: report the page's own error
-        count += len(page)
-        progress.step(len(page))
+        count += len(entries)
+        progress.step(len(entries))
+        page = None if ahead is None else ahead.get()
     return count
 
 
@@ -641,9 +669,7 @@ def cmd_replay(ctx: Context) -> int:
         progress = Progress("replay", inspection.count_entries(conn))
         with conn.transaction():
             try:
-                count = _replay_pages(
-                    conn, log.read(conn, after_id=ctx.args.after), replayer, catalog, progress
-                )
+                count = _replay_pages(conn, log, ctx.args.after, replayer, progress)
             except _ReplayFailed as failed:
                 raise failed.error from None
     if ctx.json:

@@ -24,8 +24,7 @@ from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, InvalidParameterError, SchemaError, UnknownTypeError
 from oplog.mapping import replayed_mask
 from oplog.operation import Operation, OpType
-from oplog.queue import decode_all
-from oplog.replay_plan import Plan, PreparedPage, ReplayCache, TableTraits
+from oplog.replay_plan import Plan, PreparedPage, ReplayCache, TableTraits, decode_entries
 from oplog.writer import Writer
 
 if TYPE_CHECKING:
@@ -225,28 +224,24 @@ class Replayer:
     def _prepare_entries(self, entries: Iterable[Entry], catalog: TypeCatalog) -> PreparedPage:
         """The statements of :meth:`apply_entries`, ready to send (see :meth:`_prepare`)."""
         entries = list(entries)
-        datas = []
-        for entry in entries:
-            if entry.encrypted:
-                entry.unmarshal_data(catalog)  # raises: still encrypted
-            datas.append(entry.data if type(entry.data) is bytes else bytes(entry.data))
-        # One call decodes the page (a call per entry costs more than a small entry's decode).
-        operations, decoded = decode_all(datas, catalog)
-        if decoded < len(entries):
-            entry = entries[decoded]
-            try:
-                entry.unmarshal_data(catalog)  # raises the queue's error
-            except (DecodeError, UnknownTypeError) as exc:
-                raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
-            raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
-        return self._prepare(operations, len(entries))
+        return self._prepare(decode_entries(entries, catalog), len(entries))
 
     def _prepare(self, operations: Iterable[Operation], entries: int) -> PreparedPage:
         """The set-based statements of `operations`, planned and composed with their values,
-        and nothing sent: what :meth:`_send` sends. The target tables are made ready and
-        their traits read (statements on the connection) before planning."""
+        and nothing sent: what :meth:`_send` sends (:meth:`_plan`, then :meth:`_finish`)."""
+        return self._finish(self._plan(operations), entries)
+
+    def _plan(self, operations: Iterable[Operation]) -> Plan:
+        """`operations` checked and noted (:meth:`Plan.add`), with no I/O: what a replay can
+        do for its next page while the server applies this one, whatever happens to it."""
         plan = Plan(self._cache)
         plan.add(operations)
+        return plan
+
+    def _finish(self, plan: Plan, entries: int) -> PreparedPage:
+        """`plan`'s statements with their values, nothing sent. The target tables are made
+        ready and their traits read (statements on the connection, when not known yet) before
+        the plan is arranged."""
         conn = self._writer.conn
         for target, msg in plan.targets.items():
             self._ready_table(target, msg)

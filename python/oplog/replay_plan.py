@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 from google.protobuf.message import Message
@@ -15,11 +15,16 @@ from psycopg import sql
 
 from oplog import _core, pgarray
 from oplog.catalog import check_identifier
-from oplog.errors import SchemaError
+from oplog.errors import DecodeError, SchemaError, UnknownTypeError
 from oplog.mapping import Column, Statements, TableMapping, replayed_mask
 from oplog.operation import Operation, OpType
+from oplog.queue import decode_all
 
-__all__ = ["Plan", "PreparedPage", "ReplayCache", "Run", "TableTraits"]
+if TYPE_CHECKING:
+    from oplog.catalog import TypeCatalog
+    from oplog.entry import Entry
+
+__all__ = ["Plan", "PreparedPage", "ReplayCache", "Run", "TableTraits", "decode_entries"]
 
 
 _SHAPES_MAX = 4096  # update shapes remembered per replayer (each mask combination is one)
@@ -373,6 +378,30 @@ def _compose_single(
             sql.SQL("t.{} = {}").format(sql.Identifier(n), cast(n)) for n in names[:keys]
         ),
     )
+
+
+def decode_entries(entries: list[Entry], catalog: TypeCatalog) -> list[Operation]:
+    """The operations of (decrypted) `entries`, in order, decoded in one call (a call per
+    entry costs more than a small entry's decode).
+
+    Raises:
+        DecodeError, UnknownTypeError: An entry does not decode (the message names it).
+        DecryptError: An entry is still encrypted.
+    """
+    datas = []
+    for entry in entries:
+        if entry.encrypted:
+            entry.unmarshal_data(catalog)  # raises: still encrypted
+        datas.append(entry.data if type(entry.data) is bytes else bytes(entry.data))
+    operations, decoded = decode_all(datas, catalog)
+    if decoded < len(entries):
+        entry = entries[decoded]
+        try:
+            entry.unmarshal_data(catalog)  # raises the queue's error
+        except (DecodeError, UnknownTypeError) as exc:
+            raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
+        raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
+    return operations
 
 
 _KINDS = {
