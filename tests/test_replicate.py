@@ -337,6 +337,74 @@ def test_two_replicators_of_one_consumer_take_turns_on_pipelined_pages(
         assert rows(b, "users", "id") == [(i, f"u{i}", "", "", 0) for i in range(1, 61)]
 
 
+@pytest.mark.parametrize("then", ["creates", "updates"])
+def test_a_page_whose_position_moved_while_it_was_applied_is_rolled_back(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str, then: str
+) -> None:
+    """After its first page a replicator sends each page's lock with the page's statements
+    and reads its answer after them. When another process applied the same pages meanwhile,
+    the page is rolled back whether its statements failed (a row inserted twice) or not
+    (updates), and the replicator continues from the other's position: each entry is applied
+    once, and the two counts add up."""
+    _write_users(conn, range(1, 4))
+    for i in range(4, 10):
+        if then == "creates":
+            _write_users(conn, range(i, i + 1))
+        else:
+            user = TestUser(id=i % 3 + 1, name=f"v{i}")
+            op = oplog.Operation(user, "user", oplog.OpType.UPDATE, field_mask=("name",))
+            LOG.write(conn, f"a{i % 3 + 1}", [op])
+            conn.commit()
+    other: list[int] = []
+
+    def meanwhile(entries: int, checkpoint: oplog.Checkpoint) -> None:
+        # After the first page: another process applies the rest (the page this one has
+        # read ahead included) before this one's next page.
+        if not other:
+            with (
+                psycopg.connect(dsn, autocommit=True) as a,
+                psycopg.connect(empty_replica) as b,
+            ):
+                other.append(LOG.replicate(a, b, "shared", batch_size=3, follow=False))
+
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(empty_replica) as b:
+        applied = LOG.replicate(a, b, "shared", batch_size=3, follow=False, on_commit=meanwhile)
+        assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert (applied, other) == (3, [6])
+    with psycopg.connect(empty_replica) as b:
+        names = [r[1] for r in rows(b, "users", "id")]
+        assert names == (
+            ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9"]
+            if then == "creates"
+            else ["v9", "v7", "v8"]
+        )
+
+
+def test_a_lock_that_fails_with_the_page_sent_raises_its_own_error(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """A page's lock sent with its statements that fails (here: lock_timeout, the row held
+    by another transaction) raises its own error, not that its answer is missing; the page is
+    rolled back, the connection left idle, and the pages before it stay."""
+    _write_users(conn, range(1, 7))
+    holder = psycopg.connect(empty_replica)
+
+    def hold(entries: int, checkpoint: oplog.Checkpoint) -> None:
+        holder.execute("select from oplog_consumer where name = 'held' for update")
+
+    try:
+        with (
+            psycopg.connect(dsn, autocommit=True) as a,
+            psycopg.connect(empty_replica, options="-c lock_timeout=200") as b,
+        ):
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                LOG.replicate(a, b, "held", batch_size=3, follow=False, on_commit=hold)
+            assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert [r[0] for r in rows(b, "users", "id")] == [1, 2, 3]
+    finally:
+        holder.close()
+
+
 def test_an_entry_that_does_not_decrypt_stops_replication_after_the_page_before_it(
     conn: psycopg.Connection[Any], dsn: str, empty_replica: str
 ) -> None:

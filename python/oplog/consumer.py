@@ -63,6 +63,18 @@ class Consumer:
                 row = execute(conn, query, (self.name,)).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
+    def _send_lock(self, conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+        """Sends the lock of :meth:`position` without waiting for its answer (in pipeline mode,
+        it goes with the statements after it); :meth:`_locked` reads the answer."""
+        return execute(conn, _sql.CONSUMER_LOCK, (self.name,))
+
+    @staticmethod
+    def _locked(cursor: psycopg.Cursor[Any]) -> Checkpoint | None:
+        """The position the lock :meth:`_send_lock` sent found; None when the consumer has no
+        row yet (:meth:`position` with `lock` makes it)."""
+        row = cursor.fetchone()
+        return None if row is None else Checkpoint.parse(row[0])
+
     def save(self, conn: psycopg.Connection[Any], checkpoint: Checkpoint | str) -> None:
         """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
         with requiring_migration(2):

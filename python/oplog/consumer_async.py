@@ -65,6 +65,18 @@ class AsyncConsumer:
                 row = await (await aexecute(conn, query, (self.name,))).fetchone()
         return Checkpoint.START if row is None else Checkpoint.parse(row[0])
 
+    async def _send_lock(self, conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
+        """Sends the lock of :meth:`position` without waiting for its answer (in pipeline mode,
+        it goes with the statements after it); :meth:`_locked` reads the answer."""
+        return await aexecute(conn, _sql.CONSUMER_LOCK, (self.name,))
+
+    @staticmethod
+    async def _locked(cursor: psycopg.AsyncCursor[Any]) -> Checkpoint | None:
+        """The position the lock :meth:`_send_lock` sent found; None when the consumer has no
+        row yet (:meth:`position` with `lock` makes it)."""
+        row = await cursor.fetchone()
+        return None if row is None else Checkpoint.parse(row[0])
+
     async def save(self, conn: psycopg.AsyncConnection[Any], checkpoint: Checkpoint | str) -> None:
         """Stores `checkpoint` as the consumer's position, in the caller's transaction."""
         with requiring_migration(2):

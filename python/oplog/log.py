@@ -592,6 +592,10 @@ class Oplog(OplogSettings):
             # statements.
             replayer.apply_entries(entries, catalog, meanwhile=following.run)
             if copy_log and entries:
+                # The page's statements answer first (in this pipeline an error of theirs
+                # would surface at the copy's statement, as if the copy had failed).
+                with conn.pipeline() as pipeline:
+                    pipeline.sync()
                 _copy_log(source, conn, entries)
 
         return self._consume(
@@ -624,6 +628,9 @@ class Oplog(OplogSettings):
         with target.transaction():
             position = consumer.position(target)
         applied = 0
+        # Whether this process locked the consumer's row for a page already: then (pipelined)
+        # the next page's lock is answered with its statements, in one round trip.
+        locked_before = False
         while True:
             restart = False
             pages = self._pages(
@@ -639,18 +646,34 @@ class Oplog(OplogSettings):
                         continue
                     following = Ahead(functools.partial(_anext_or_none, pages))
                     transaction = _pipelined(target) if pipelined else target.transaction()
-                    with transaction:
-                        if not synchronous_commit:
-                            execute(target, _sql.ASYNC_COMMIT, prepare=False)
-                        stored = consumer.position(target, lock=True)
-                        if stored != position:
-                            # Another process running this consumer got further: continue
-                            # from where it is (this page was its work).
-                            position, restart = stored, True
-                            break
-                        apply_page(target, page.entries, following)
-                        position = page.end
-                        consumer.save(target, position)
+                    try:
+                        with transaction:
+                            if not synchronous_commit:
+                                execute(target, _sql.ASYNC_COMMIT, prepare=False)
+                            if pipelined and locked_before:
+                                # The lock's answer is read once the page's statements are
+                                # sent, in one round trip with them; if another process got
+                                # further meanwhile, the page is rolled back.
+                                lock = consumer._send_lock(target)
+                                try:
+                                    apply_page(target, page.entries, following)
+                                except Exception as exc:
+                                    _check_lock(consumer, lock, position, exc)
+                                    raise
+                                _check_lock(consumer, lock, position, None)
+                            else:
+                                # (Makes the consumer's row if it has none.)
+                                stored = consumer.position(target, lock=True)
+                                if stored != position:
+                                    raise _Moved(stored)
+                                apply_page(target, page.entries, following)
+                            consumer.save(target, page.end)
+                    except _Moved as moved:
+                        # Another process running this consumer got further: continue from
+                        # where it is (this page was its work), with a lock read first.
+                        position, restart, locked_before = moved.position, True, False
+                        break
+                    position, locked_before = page.end, True
                     applied += len(page)
                     logger.debug(
                         "consumer %r applied %d entries; at %s", consumer.name, len(page), position
@@ -662,6 +685,45 @@ class Oplog(OplogSettings):
                 pages.close()
             if not restart:
                 return applied
+
+
+class _Moved(Exception):
+    """A consumer's page found the consumer's row at another `position` than it started from
+    (or found no row, which the next attempt makes): the page is rolled back."""
+
+    def __init__(self, position: Checkpoint) -> None:
+        super().__init__(str(position))
+        self.position = position
+
+
+def _check_lock(
+    consumer: Consumer,
+    lock: psycopg.Cursor[Any],
+    expected: Checkpoint,
+    error: Exception | None,
+) -> None:
+    """Raises :class:`_Moved` unless the consumer's row that `lock` locked holds `expected`;
+    then the first error of the statements after the lock, if one is in already. In pipeline
+    mode an error is raised at the next read of results, not at its statement: when the lock
+    has no answer, the lock is what failed, and its error (`error`, if the page raised one)
+    is raised, as a SchemaError on a database without migration 2."""
+    later: psycopg.Error | None = None
+    try:
+        stored = consumer._locked(lock)
+    except psycopg.Error as exc:
+        # Results are read in order: if the lock answered, its answer is in.
+        later = exc
+        try:
+            stored = consumer._locked(lock)
+        except psycopg.ProgrammingError:  # no answer: the lock failed
+            with requiring_migration(2):
+                raise (exc if error is None else error) from None
+    if stored is None:
+        raise _Moved(expected)  # no row to lock: the next attempt makes it
+    if stored != expected:
+        raise _Moved(stored)
+    if later is not None:
+        raise later
 
 
 @contextlib.contextmanager

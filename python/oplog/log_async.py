@@ -599,6 +599,10 @@ class AsyncOplog(OplogSettings):
             # statements.
             await replayer.apply_entries(entries, catalog, meanwhile=following.run)
             if copy_log and entries:
+                # The page's statements answer first (in this pipeline an error of theirs
+                # would surface at the copy's statement, as if the copy had failed).
+                async with conn.pipeline() as pipeline:
+                    await pipeline.sync()
                 await _copy_log(source, conn, entries)
 
         return await self._consume(
@@ -633,6 +637,9 @@ class AsyncOplog(OplogSettings):
         async with target.transaction():
             position = await consumer.position(target)
         applied = 0
+        # Whether this process locked the consumer's row for a page already: then (pipelined)
+        # the next page's lock is answered with its statements, in one round trip.
+        locked_before = False
         while True:
             restart = False
             pages = self._pages(
@@ -648,18 +655,34 @@ class AsyncOplog(OplogSettings):
                         continue
                     following = Ahead(functools.partial(_anext_or_none, pages))
                     transaction = _pipelined(target) if pipelined else target.transaction()
-                    async with transaction:
-                        if not synchronous_commit:
-                            await aexecute(target, _sql.ASYNC_COMMIT, prepare=False)
-                        stored = await consumer.position(target, lock=True)
-                        if stored != position:
-                            # Another process running this consumer got further: continue
-                            # from where it is (this page was its work).
-                            position, restart = stored, True
-                            break
-                        await apply_page(target, page.entries, following)
-                        position = page.end
-                        await consumer.save(target, position)
+                    try:
+                        async with transaction:
+                            if not synchronous_commit:
+                                await aexecute(target, _sql.ASYNC_COMMIT, prepare=False)
+                            if pipelined and locked_before:
+                                # The lock's answer is read once the page's statements are
+                                # sent, in one round trip with them; if another process got
+                                # further meanwhile, the page is rolled back.
+                                lock = await consumer._send_lock(target)
+                                try:
+                                    await apply_page(target, page.entries, following)
+                                except Exception as exc:
+                                    await _check_lock(consumer, lock, position, exc)
+                                    raise
+                                await _check_lock(consumer, lock, position, None)
+                            else:
+                                # (Makes the consumer's row if it has none.)
+                                stored = await consumer.position(target, lock=True)
+                                if stored != position:
+                                    raise _Moved(stored)
+                                await apply_page(target, page.entries, following)
+                            await consumer.save(target, page.end)
+                    except _Moved as moved:
+                        # Another process running this consumer got further: continue from
+                        # where it is (this page was its work), with a lock read first.
+                        position, restart, locked_before = moved.position, True, False
+                        break
+                    position, locked_before = page.end, True
                     applied += len(page)
                     logger.debug(
                         "consumer %r applied %d entries; at %s", consumer.name, len(page), position
@@ -671,6 +694,45 @@ class AsyncOplog(OplogSettings):
                 await pages.aclose()
             if not restart:
                 return applied
+
+
+class _Moved(Exception):
+    """A consumer's page found the consumer's row at another `position` than it started from
+    (or found no row, which the next attempt makes): the page is rolled back."""
+
+    def __init__(self, position: Checkpoint) -> None:
+        super().__init__(str(position))
+        self.position = position
+
+
+async def _check_lock(
+    consumer: AsyncConsumer,
+    lock: psycopg.AsyncCursor[Any],
+    expected: Checkpoint,
+    error: Exception | None,
+) -> None:
+    """Raises :class:`_Moved` unless the consumer's row that `lock` locked holds `expected`;
+    then the first error of the statements after the lock, if one is in already. In pipeline
+    mode an error is raised at the next read of results, not at its statement: when the lock
+    has no answer, the lock is what failed, and its error (`error`, if the page raised one)
+    is raised, as a SchemaError on a database without migration 2."""
+    later: psycopg.Error | None = None
+    try:
+        stored = await consumer._locked(lock)
+    except psycopg.Error as exc:
+        # Results are read in order: if the lock answered, its answer is in.
+        later = exc
+        try:
+            stored = await consumer._locked(lock)
+        except psycopg.ProgrammingError:  # no answer: the lock failed
+            with requiring_migration(2):
+                raise (exc if error is None else error) from None
+    if stored is None:
+        raise _Moved(expected)  # no row to lock: the next attempt makes it
+    if stored != expected:
+        raise _Moved(stored)
+    if later is not None:
+        raise later
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from google.protobuf.message import Message
-from psycopg import sql
+from psycopg import pq, sql
 
 from oplog import pgarray
 from oplog._db import execute
@@ -257,12 +257,21 @@ class Replayer:
 
     def _send(self, page: PreparedPage, meanwhile: Callable[[], object] | None) -> None:
         """Sends a prepared page's statements in one pipeline, awaits `meanwhile` (if any),
-        then their results."""
+        then their results. On a connection in pipeline mode already (a replicator's page),
+        the statements join that pipeline, and an error among them is raised at its next
+        sync: a nested pipeline would sync on entering and on leaving."""
         steps = page.steps
+        conn = self._writer.conn
+        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            for step in steps:
+                self._run_step(step)
+            if meanwhile is not None:
+                meanwhile()
+            return
         if meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list):
             self._run_step(steps[0])
         elif steps:
-            with self._writer.conn.pipeline():
+            with conn.pipeline():
                 for step in steps:
                     self._run_step(step)
                 if meanwhile is not None:
