@@ -217,6 +217,41 @@ def test_replicate_commits_pages_without_waiting_for_the_disk_unless_told_to(
             b.execute("alter table users drop column commit_mode")
 
 
+def test_replicate_pages_plan_their_runs_on_the_keys_index(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str
+) -> None:
+    """A replicator's page runs with enable_seqscan off (SET LOCAL): an update or delete run
+    joins its keys to the table, which on a small or unanalyzed replica table is otherwise
+    planned as a scan of the whole table per run. consume, whose apply is the caller's code,
+    leaves the session's setting, and so does replicate after its pages."""
+    _write_users(conn, range(1, 4))
+    with psycopg.connect(empty_replica, autocommit=True) as b:
+        b.execute(
+            "alter table users add column scans text default current_setting('enable_seqscan')"
+        )
+    scans = "select scans, count(*) from users group by 1"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(empty_replica) as b:
+            assert LOG.replicate(a, b, "r", batch_size=2, follow=False) == 3
+            assert b.execute(scans).fetchall() == [("off", 3)]
+            assert b.execute("show enable_seqscan").fetchone() == ("on",)
+            b.execute("truncate users")
+            b.commit()
+
+            def apply(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
+                user = entry.unmarshal_data(CATALOG)[0].message
+                assert isinstance(user, TestUser)
+                target.execute("insert into users (id, name) values (%s, %s)", (user.id, "c"))
+
+            assert LOG.consume(a, b, "c", apply, follow=False) == 3
+            assert b.execute(scans).fetchall() == [("on", 3)]
+            b.execute("truncate users")
+            b.commit()
+    finally:
+        with psycopg.connect(empty_replica, autocommit=True) as b:
+            b.execute("alter table users drop column scans")
+
+
 @pytest.mark.skipif(not has_pg15(), reason="needs Debian's PostgreSQL 15 (scripts/setup.sh)")
 def test_pages_a_crash_undoes_are_replicated_again_each_once(
     conn: psycopg.Connection[Any], dsn: str

@@ -345,6 +345,12 @@ COMMIT = "commit"
 ASYNC_COMMIT = "set local synchronous_commit to off"
 """For a consumer's page: its commit need not wait for the disk (the page is applied again
 if a crash undoes it, with the position that records it)."""
+INDEX_SCANS = "set local enable_seqscan to off"
+"""For a replicator's page, before its statements: its update and delete runs join a few
+hundred keys to the table, which the planner, on a table that is small or not analyzed yet (a
+replica catching up), plans as a scan of the whole table per run; the key's index is what
+they need. Statements without an index to use still scan. Not before the catalog query of a
+table's traits, whose plans it makes slower."""
 
 CONSUMER_GET = "select checkpoint from oplog_consumer where name = %s"
 CONSUMER_LOCK = CONSUMER_GET + " for update"

@@ -590,7 +590,10 @@ class Oplog(OplogSettings):
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
             # The next page is read from the source while the target runs this one's
             # statements.
-            replayer.apply_entries(entries, catalog, meanwhile=following.run)
+            page = replayer._prepare_entries(entries, catalog)
+            # After the tables' traits are read (a catalog query the setting would slow).
+            execute(conn, _sql.INDEX_SCANS, prepare=False)
+            replayer._send(page, following.run)
             if copy_log and entries:
                 # The page's statements answer first (in this pipeline an error of theirs
                 # would surface at the copy's statement, as if the copy had failed).

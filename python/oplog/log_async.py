@@ -597,7 +597,10 @@ class AsyncOplog(OplogSettings):
             # The page at once, set-based (see AsyncReplayer.apply_many); `conn` is `target`.
             # The next page is read from the source while the target runs this one's
             # statements.
-            await replayer.apply_entries(entries, catalog, meanwhile=following.run)
+            page = await replayer._prepare_entries(entries, catalog)
+            # After the tables' traits are read (a catalog query the setting would slow).
+            await aexecute(conn, _sql.INDEX_SCANS, prepare=False)
+            await replayer._send(page, following.run)
             if copy_log and entries:
                 # The page's statements answer first (in this pipeline an error of theirs
                 # would surface at the copy's statement, as if the copy had failed).
