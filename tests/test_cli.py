@@ -24,9 +24,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 import oplog
 from oplog import keyfile, schema
+from oplog.cli import Progress, _replay_pages
 from oplog.demo import CATALOG, SCHEMA, TABLES
 from oplog.demo import TABLES_SQL as DDL
-from oplog.proto.oplog_test_pb2 import TestCar
+from oplog.proto.oplog_test_pb2 import TestCar, TestUser
+from tests.db import CATALOG as TEST_CATALOG
+from tests.db import WRAPPER
 from tests.pg import Server
 
 DEMO_TYPES = ["--types", "oplog.demo:CATALOG", "--search-path", "oplog_demo,public"]
@@ -743,3 +746,29 @@ def test_a_replay_of_many_pages_names_the_entry_of_a_later_page_that_fails(
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute("drop database if exists t_cli_pages with (force)")
+
+
+def test_a_cli_replay_runs_its_statements_on_the_keys_index_and_puts_the_planner_back(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The CLI's page loop runs each page's statements with enable_seqscan off (a fresh replay
+    table is not analyzed: its update and delete runs would scan it whole) and puts the
+    session's setting back for what its transaction does next (comparing whole tables)."""
+    log = oplog.Oplog(WRAPPER, TEST_CATALOG)
+    for i in range(1, 4):
+        op = oplog.Operation(TestUser(id=i, name=f"u{i}"), "user", oplog.OpType.CREATE)
+        log.write(conn, f"a{i}", [op])
+    conn.commit()
+    writer = oplog.Writer(conn, TEST_CATALOG)
+    writer.drop_table_if_exists("users_scans")
+    writer.create_table_like("users", "users_scans")
+    conn.execute(
+        "alter table users_scans add column scans text default current_setting('enable_seqscan')"
+    )
+    replayer = oplog.Replayer(writer, "_scans")
+    assert _replay_pages(conn, log, 0, replayer, Progress("replay", None)) == 3
+    assert conn.execute("select scans, count(*) from users_scans group by 1").fetchall() == [
+        ("off", 3)
+    ]
+    assert conn.execute("show enable_seqscan").fetchone() == ("on",)
+    conn.rollback()

@@ -474,3 +474,27 @@ def test_a_replay_raises_for_an_entry_of_the_next_page_after_applying_this_one(
         log.replay(conn, "_partly")
     assert conn.execute("select count(*) from users_partly").fetchone() == (500,)
     conn.rollback()
+
+
+def test_a_replay_runs_its_statements_on_the_keys_index_and_puts_the_planner_back(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Oplog.replay runs each page's statements with enable_seqscan off (a replay table is new
+    and not analyzed: an update or delete run would scan it whole) and puts the caller's
+    setting back after them, in its transaction."""
+    log = oplog.Oplog(WRAPPER, CATALOG)
+    for i in range(1, 4):
+        op = oplog.Operation(TestUser(id=i, name=f"u{i}"), "user", oplog.OpType.CREATE)
+        log.write(conn, f"a{i}", [op])
+    conn.commit()
+    conn.execute("create table users_sc (like users including all)")
+    conn.execute(
+        "alter table users_sc add column scans text default current_setting('enable_seqscan')"
+    )
+    conn.execute("set local enable_seqscan = on")
+    assert log.replay(conn, "_sc") == 3
+    assert conn.execute("select scans, count(*) from users_sc group by 1").fetchall() == [
+        ("off", 3)
+    ]
+    assert conn.execute("show enable_seqscan").fetchone() == ("on",)
+    conn.rollback()

@@ -351,6 +351,9 @@ hundred keys to the table, which the planner, on a table that is small or not an
 replica catching up), plans as a scan of the whole table per run; the key's index is what
 they need. Statements without an index to use still scan. Not before the catalog query of a
 table's traits, whose plans it makes slower."""
+SEQSCAN_SETTING = "select current_setting('enable_seqscan')"
+PUT_BACK_SEQSCAN = "select set_config('enable_seqscan', %s, true)"
+"""After a replay page's statements in the caller's transaction: the setting it had."""
 
 CONSUMER_GET = "select checkpoint from oplog_consumer where name = %s"
 CONSUMER_LOCK = CONSUMER_GET + " for update"

@@ -39,7 +39,7 @@ import psycopg
 from google.protobuf.json_format import MessageToDict
 
 import oplog
-from oplog import _core, embedded, inspection, keyfile, schema
+from oplog import _core, _sql, embedded, inspection, keyfile, schema
 from oplog.catalog import check_identifier
 from oplog.chain import SavedHeads
 from oplog.checkpoint import check_partition, partition_consumer
@@ -47,7 +47,7 @@ from oplog.consumer import lag_behind
 from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.log import Ahead, _anext_or_none, _stored_pages
 from oplog.replay import tables_equal
-from oplog.replay_plan import Plan, decode_entries
+from oplog.replay_plan import Plan, decode_entries, on_the_keys_index
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -630,6 +630,8 @@ def _replay_pages(
         except oplog.OplogError as exc:
             return entries, exc
 
+    # Each page's statements run on the keys' index (replay_plan.on_the_keys_index).
+    (scans,) = conn.execute(_sql.SEQSCAN_SETTING).fetchone() or ("on",)
     count = 0
     rows = _anext_or_none(stored)
     page = None if rows is None else plan(rows)
@@ -642,6 +644,7 @@ def _replay_pages(
                 if isinstance(planned, oplog.OplogError):
                     raise planned
                 prepared = replayer._finish(planned, len(entries))
+                prepared = on_the_keys_index(prepared, scans)
                 replayer._send(prepared, None if ahead is None else ahead.run)
         except (psycopg.Error, oplog.OplogError) as set_based:
             for entry in entries:

@@ -44,7 +44,7 @@ from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
-from oplog.replay_plan import PreparedPage
+from oplog.replay_plan import PreparedPage, on_the_keys_index
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer import Writer
 
@@ -285,10 +285,12 @@ class Oplog(OplogSettings):
                 return None
             return replayer._prepare_entries(entries_from_rows(*rows, wrapper, times), catalog)
 
+        # Each page's statements run on the keys' index (see on_the_keys_index).
+        (scans,) = execute(conn, _sql.SEQSCAN_SETTING).fetchone() or ("on",)
         page = prepare(_anext_or_none(stored))
         while page is not None:
             ahead = Ahead(functools.partial(prepare, _anext_or_none(stored)))
-            replayer._send(page, ahead.run)
+            replayer._send(on_the_keys_index(page, scans), ahead.run)
             count += page.entries
             page = ahead.get()
         return count

@@ -45,7 +45,7 @@ from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay_async import AsyncReplayer
-from oplog.replay_plan import PreparedPage
+from oplog.replay_plan import PreparedPage, on_the_keys_index
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer_async import AsyncWriter
 
@@ -291,10 +291,12 @@ class AsyncOplog(OplogSettings):
                 entries_from_rows(*rows, wrapper, times), catalog
             )
 
+        # Each page's statements run on the keys' index (see on_the_keys_index).
+        (scans,) = await (await aexecute(conn, _sql.SEQSCAN_SETTING)).fetchone() or ("on",)
         page = await prepare(await _anext_or_none(stored))
         while page is not None:
             ahead = Ahead(functools.partial(prepare, await _anext_or_none(stored)))
-            await replayer._send(page, ahead.run)
+            await replayer._send(on_the_keys_index(page, scans), ahead.run)
             count += page.entries
             page = await ahead.get()
         return count

@@ -13,7 +13,7 @@ import psycopg
 from google.protobuf.message import Message
 from psycopg import sql
 
-from oplog import _core, pgarray
+from oplog import _core, _sql, pgarray
 from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, SchemaError, UnknownTypeError
 from oplog.mapping import Column, Statements, TableMapping, replayed_mask
@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     from oplog.catalog import TypeCatalog
     from oplog.entry import Entry
 
-__all__ = ["Plan", "PreparedPage", "ReplayCache", "Run", "TableTraits", "decode_entries"]
+__all__ = [
+    "Plan",
+    "PreparedPage",
+    "ReplayCache",
+    "Run",
+    "TableTraits",
+    "decode_entries",
+    "on_the_keys_index",
+]
 
 
 _SHAPES_MAX = 4096  # update shapes remembered per replayer (each mask combination is one)
@@ -402,6 +410,16 @@ def decode_entries(entries: list[Entry], catalog: TypeCatalog) -> list[Operation
             raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
         raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
     return operations
+
+
+def on_the_keys_index(page: PreparedPage, scans: str) -> PreparedPage:
+    """`page` with its statements run with enable_seqscan off (``_sql.INDEX_SCANS``) and the
+    setting put back to `scans` after them, in the same pipeline: for a replay in one long
+    transaction (its tables new, not analyzed), whose traits' catalog queries, and whatever
+    the transaction does next, keep the planner's own setting."""
+    before: tuple[bytes, list[Any], bool | None] = (_sql.INDEX_SCANS.encode(), [], False)
+    after: tuple[bytes, list[Any], bool | None] = (_sql.PUT_BACK_SEQSCAN.encode(), [scans], False)
+    return page._replace(steps=[before, *page.steps, after])
 
 
 _KINDS = {
