@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -598,18 +599,34 @@ def test_replaying_twice_into_one_suffix_names_the_entry(demo_dbs: dict[str, Any
     ]
 
 
-def test_verify_replay_of_a_duplicated_entry_is_a_named_problem(pg: Server, tmp_path: Path) -> None:
-    """An entry copied into the log (same operations twice) makes verify --replay exit 1 with
-    a problem naming the entry that does not apply, not a crash."""
+@contextlib.contextmanager
+def _demo_database(
+    pg: Server, tmp: Path, name: str
+) -> Iterator[tuple[Cli, str, oplog.MultiWrapper]]:
+    """A database of the test's own holding the demo (its key file in `tmp`): the CLI on it,
+    its DSN and the demo's wrapper; dropped after the block."""
     with psycopg.connect(pg.dsn, autocommit=True) as admin:
-        admin.execute("drop database if exists t_cli_dup with (force)")
-        admin.execute("create database t_cli_dup")
-    dsn = pg.dsn_for("t_cli_dup")
-    cli = Cli(_env(tmp_path, OPLOG_DSN=dsn, OPLOG_KEY_FILE=str(tmp_path / "keys.json")))
+        admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    dsn = pg.dsn_for(name)
+    cli = Cli(_env(tmp, OPLOG_DSN=dsn, OPLOG_KEY_FILE=str(tmp / "keys.json")))
     try:
         cli("keygen")
         cli("demo")
-        wrapper = keyfile.load_wrapper(tmp_path / "keys.json")
+        yield cli, dsn, keyfile.load_wrapper(tmp / "keys.json")
+    finally:
+        with psycopg.connect(pg.dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+def test_verify_replay_of_a_duplicated_entry_is_a_named_problem(pg: Server, tmp_path: Path) -> None:
+    """An entry copied into the log (same operations twice) makes verify --replay exit 1 with
+    a problem naming the entry that does not apply, not a crash."""
+    with _demo_database(pg, tmp_path, "t_cli_dup") as (cli, dsn, wrapper):
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("select data from oplog_entry where id = 1").fetchone()
             assert row is not None
@@ -632,9 +649,6 @@ def test_verify_replay_of_a_duplicated_entry_is_a_named_problem(pg: Server, tmp_
             )
         copied = cli("verify", "--replay", *DEMO_TYPES, code=1)
         assert "copy: entry 9 stores entry 1's blob" in copied.stderr
-    finally:
-        with psycopg.connect(pg.dsn, autocommit=True) as admin:
-            admin.execute("drop database if exists t_cli_dup with (force)")
 
 
 def test_migrate_over_tables_it_did_not_create_says_so(pg: Server, tmp_path: Path) -> None:
@@ -694,15 +708,7 @@ def test_a_replay_of_many_pages_names_the_entry_of_a_later_page_that_fails(
     pages the counts and tables are whole, and a page that fails (rows already there, or an
     entry that does not decode, planned ahead) is replayed one entry at a time so that the
     error names the entry, with nothing committed."""
-    with psycopg.connect(pg.dsn, autocommit=True) as admin:
-        admin.execute("drop database if exists t_cli_pages with (force)")
-        admin.execute("create database t_cli_pages")
-    dsn = pg.dsn_for("t_cli_pages")
-    cli = Cli(_env(tmp_path, OPLOG_DSN=dsn, OPLOG_KEY_FILE=str(tmp_path / "keys.json")))
-    try:
-        cli("keygen")
-        cli("demo")  # 7 entries
-        wrapper = keyfile.load_wrapper(tmp_path / "keys.json")
+    with _demo_database(pg, tmp_path, "t_cli_pages") as (cli, dsn, wrapper):  # 7 entries
         log = oplog.Oplog(wrapper, CATALOG)
         cars = [TestCar(id=1000 + i, model=f"m{i}", mpg=i) for i in range(1300)]
         with psycopg.connect(dsn) as conn:
@@ -743,9 +749,6 @@ def test_a_replay_of_many_pages_names_the_entry_of_a_later_page_that_fails(
         assert "entry 1308" in line
         with psycopg.connect(dsn) as conn:
             assert conn.execute("select to_regclass('oplog_demo.cars_bad')").fetchone() == (None,)
-    finally:
-        with psycopg.connect(pg.dsn, autocommit=True) as admin:
-            admin.execute("drop database if exists t_cli_pages with (force)")
 
 
 def test_a_cli_replay_runs_its_statements_on_the_keys_index_and_puts_the_planner_back(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestUser
@@ -187,6 +189,24 @@ def test_reading_ahead_never_holds_a_page_until_the_next_poll(
     assert done == [3]
 
 
+@contextlib.contextmanager
+def _setting_of_each_row(replica: str, setting: str) -> Iterator[str]:
+    """The replica's users get a column holding `setting` as it was when each row was
+    inserted (a default reading it), for the time of the block; yields the query counting
+    rows by it."""
+    with psycopg.connect(replica, autocommit=True) as b:
+        b.execute(
+            sql.SQL(
+                "alter table users add column setting_seen text default current_setting({})"
+            ).format(sql.Literal(setting))
+        )
+    try:
+        yield "select setting_seen, count(*) from users group by 1"
+    finally:
+        with psycopg.connect(replica, autocommit=True) as b:
+            b.execute("alter table users drop column setting_seen")
+
+
 def test_replicate_commits_pages_without_waiting_for_the_disk_unless_told_to(
     conn: psycopg.Connection[Any], dsn: str, empty_replica: str
 ) -> None:
@@ -195,26 +215,20 @@ def test_replicate_commits_pages_without_waiting_for_the_disk_unless_told_to(
     synchronous_commit=True it keeps the session's setting. SET LOCAL: the target session's
     own setting is left as it was."""
     _write_users(conn, range(1, 4))
-    with psycopg.connect(empty_replica, autocommit=True) as b:
-        b.execute(
-            "alter table users add column commit_mode text"
-            " default current_setting('synchronous_commit')"
-        )
-    modes = "select commit_mode, count(*) from users group by 1"
-    try:
-        with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(empty_replica) as b:
-            assert LOG.replicate(a, b, "r", batch_size=2, follow=False) == 3
-            assert b.execute(modes).fetchall() == [("off", 3)]
-            assert b.execute("show synchronous_commit").fetchone() == ("on",)
-            b.execute("truncate users")
-            b.commit()
-            assert LOG.replicate(a, b, "r2", follow=False, synchronous_commit=True) == 3
-            assert b.execute(modes).fetchall() == [("on", 3)]
-            b.execute("truncate users")
-            b.commit()
-    finally:
-        with psycopg.connect(empty_replica, autocommit=True) as b:
-            b.execute("alter table users drop column commit_mode")
+    with (
+        _setting_of_each_row(empty_replica, "synchronous_commit") as modes,
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(empty_replica) as b,
+    ):
+        assert LOG.replicate(a, b, "r", batch_size=2, follow=False) == 3
+        assert b.execute(modes).fetchall() == [("off", 3)]
+        assert b.execute("show synchronous_commit").fetchone() == ("on",)
+        b.execute("truncate users")
+        b.commit()
+        assert LOG.replicate(a, b, "r2", follow=False, synchronous_commit=True) == 3
+        assert b.execute(modes).fetchall() == [("on", 3)]
+        b.execute("truncate users")
+        b.commit()
 
 
 def test_replicate_pages_plan_their_runs_on_the_keys_index(
@@ -225,31 +239,26 @@ def test_replicate_pages_plan_their_runs_on_the_keys_index(
     planned as a scan of the whole table per run. consume, whose apply is the caller's code,
     leaves the session's setting, and so does replicate after its pages."""
     _write_users(conn, range(1, 4))
-    with psycopg.connect(empty_replica, autocommit=True) as b:
-        b.execute(
-            "alter table users add column scans text default current_setting('enable_seqscan')"
-        )
-    scans = "select scans, count(*) from users group by 1"
-    try:
-        with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(empty_replica) as b:
-            assert LOG.replicate(a, b, "r", batch_size=2, follow=False) == 3
-            assert b.execute(scans).fetchall() == [("off", 3)]
-            assert b.execute("show enable_seqscan").fetchone() == ("on",)
-            b.execute("truncate users")
-            b.commit()
 
-            def apply(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
-                user = entry.unmarshal_data(CATALOG)[0].message
-                assert isinstance(user, TestUser)
-                target.execute("insert into users (id, name) values (%s, %s)", (user.id, "c"))
+    def apply(target: psycopg.Connection[Any], entry: oplog.Entry) -> None:
+        user = entry.unmarshal_data(CATALOG)[0].message
+        assert isinstance(user, TestUser)
+        target.execute("insert into users (id, name) values (%s, %s)", (user.id, "c"))
 
-            assert LOG.consume(a, b, "c", apply, follow=False) == 3
-            assert b.execute(scans).fetchall() == [("on", 3)]
-            b.execute("truncate users")
-            b.commit()
-    finally:
-        with psycopg.connect(empty_replica, autocommit=True) as b:
-            b.execute("alter table users drop column scans")
+    with (
+        _setting_of_each_row(empty_replica, "enable_seqscan") as scans,
+        psycopg.connect(dsn, autocommit=True) as a,
+        psycopg.connect(empty_replica) as b,
+    ):
+        assert LOG.replicate(a, b, "r", batch_size=2, follow=False) == 3
+        assert b.execute(scans).fetchall() == [("off", 3)]
+        assert b.execute("show enable_seqscan").fetchone() == ("on",)
+        b.execute("truncate users")
+        b.commit()
+        assert LOG.consume(a, b, "c", apply, follow=False) == 3
+        assert b.execute(scans).fetchall() == [("on", 3)]
+        b.execute("truncate users")
+        b.commit()
 
 
 @pytest.mark.skipif(not has_pg15(), reason="needs Debian's PostgreSQL 15 (scripts/setup.sh)")
