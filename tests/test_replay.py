@@ -498,3 +498,30 @@ def test_a_replay_runs_its_statements_on_the_keys_index_and_puts_the_planner_bac
     ]
     assert conn.execute("show enable_seqscan").fetchone() == ("on",)
     conn.rollback()
+
+
+def test_set_based_replay_in_the_callers_pipeline_joins_it(conn: psycopg.Connection[Any]) -> None:
+    """apply_many on a connection in the caller's pipeline sends its statements into that
+    pipeline (no sync of its own): they apply with the caller's, and an error among them is
+    raised at the caller's sync, not inside apply_many."""
+    reset(conn)
+    replayer = oplog.Replayer(oplog.Writer(conn, CATALOG), "")
+    users = [TestUser(id=i, name=f"u{i}") for i in range(1, 4)]
+    creates = [oplog.Operation(u, "user", oplog.OpType.CREATE) for u in users]
+    with conn.pipeline():
+        assert replayer.apply_many(creates) == 3
+    assert [r[0] for r in rows(conn, "users")] == [1, 2, 3]
+    car = oplog.Operation(TestCar(id=1, model="m", mpg=1), "car", oplog.OpType.CREATE)
+    inside: list[BaseException] = []
+
+    def replay_in_the_pipeline() -> None:
+        with conn.pipeline():
+            try:  # two statements (two tables); the first inserts a row already there
+                replayer.apply_many([creates[0], car])
+            except psycopg.Error as exc:
+                inside.append(exc)
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        replay_in_the_pipeline()
+    assert inside == []
+    conn.rollback()

@@ -210,6 +210,8 @@ class Replayer:
         `meanwhile`, if given, is called (and awaited) once the statements are sent and before
         their results are awaited: work that overlaps with the server's (a consumer reads its
         next page from another connection then; a replay decrypts and plans its next page).
+        On a connection already in pipeline mode (the caller's ``conn.pipeline()``), the
+        statements join that pipeline, and an error among them is raised at its next sync.
 
         Returns:
             The number of operations applied.
