@@ -352,8 +352,9 @@ replica catching up), plans as a scan of the whole table per run; the key's inde
 they need. Statements without an index to use still scan. Not before the catalog query of a
 table's traits, whose plans it makes slower."""
 SEQSCAN_SETTING = "select current_setting('enable_seqscan')"
+"""The caller's setting, read once before a replay in the caller's transaction..."""
 PUT_BACK_SEQSCAN = "select set_config('enable_seqscan', %s, true)"
-"""After a replay page's statements in the caller's transaction: the setting it had."""
+"""...and put back after each of its pages' statements (replay_plan.on_the_keys_index)."""
 
 CONSUMER_GET = "select checkpoint from oplog_consumer where name = %s"
 CONSUMER_LOCK = CONSUMER_GET + " for update"

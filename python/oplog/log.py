@@ -598,9 +598,10 @@ class Oplog(OplogSettings):
             replayer._send(page, following.run)
             if copy_log and entries:
                 # The page's statements answer first (in this pipeline an error of theirs
-                # would surface at the copy's statement, as if the copy had failed).
-                with conn.pipeline() as pipeline:
-                    pipeline.sync()
+                # would surface at the copy's statement, as if the copy had failed): a nested
+                # pipeline syncs.
+                with conn.pipeline():
+                    pass
                 _copy_log(source, conn, entries)
 
         return self._consume(
@@ -734,10 +735,10 @@ def _check_lock(
 @contextlib.contextmanager
 def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """A transaction on idle `conn` in pipeline mode: its BEGIN goes with the block's first
-    statements, its COMMIT with the block's last, in one round trip each (a consumer's page:
-    the lock of its position, then the save and the commit). ``conn.transaction()`` in
-    pipeline mode syncs on entering and twice on leaving, to raise each error where it
-    happened. An error anywhere rolls the whole transaction back."""
+    statements, its COMMIT with the block's last, in one round trip each (a replicator's page:
+    the lock of its position with the page's statements, then the save and the commit).
+    ``conn.transaction()`` in pipeline mode syncs on entering and twice on leaving, to raise
+    each error where it happened. An error anywhere rolls the whole transaction back."""
     try:
         with conn.pipeline():
             if conn.autocommit:

@@ -605,9 +605,10 @@ class AsyncOplog(OplogSettings):
             await replayer._send(page, following.run)
             if copy_log and entries:
                 # The page's statements answer first (in this pipeline an error of theirs
-                # would surface at the copy's statement, as if the copy had failed).
-                async with conn.pipeline() as pipeline:
-                    await pipeline.sync()
+                # would surface at the copy's statement, as if the copy had failed): a nested
+                # pipeline syncs.
+                async with conn.pipeline():
+                    pass
                 await _copy_log(source, conn, entries)
 
         return await self._consume(
@@ -743,10 +744,10 @@ async def _check_lock(
 @contextlib.asynccontextmanager
 async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
     """A transaction on idle `conn` in pipeline mode: its BEGIN goes with the block's first
-    statements, its COMMIT with the block's last, in one round trip each (a consumer's page:
-    the lock of its position, then the save and the commit). ``conn.transaction()`` in
-    pipeline mode syncs on entering and twice on leaving, to raise each error where it
-    happened. An error anywhere rolls the whole transaction back."""
+    statements, its COMMIT with the block's last, in one round trip each (a replicator's page:
+    the lock of its position with the page's statements, then the save and the commit).
+    ``conn.transaction()`` in pipeline mode syncs on entering and twice on leaving, to raise
+    each error where it happened. An error anywhere rolls the whole transaction back."""
     try:
         async with conn.pipeline():
             if conn.autocommit:

@@ -264,21 +264,21 @@ class Replayer:
         sync: a nested pipeline would sync on entering and on leaving."""
         steps = page.steps
         conn = self._writer.conn
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            for step in steps:
-                self._run_step(step)
-            if meanwhile is not None:
-                meanwhile()
-            return
-        if meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list):
-            self._run_step(steps[0])
-        elif steps:
+        single = meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list)
+        if steps and not single and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF:
             with conn.pipeline():
-                for step in steps:
-                    self._run_step(step)
-                if meanwhile is not None:
-                    meanwhile()
-        elif meanwhile is not None:
+                self._run_steps(steps, meanwhile)
+        else:
+            self._run_steps(steps, meanwhile)
+
+    def _run_steps(
+        self,
+        steps: list[tuple[bytes, list[Any], bool | None] | list[Operation]],
+        meanwhile: Callable[[], object] | None,
+    ) -> None:
+        for step in steps:
+            self._run_step(step)
+        if meanwhile is not None:
             meanwhile()
 
     def _run_step(self, step: tuple[bytes, list[Any], bool | None] | list[Operation]) -> None:

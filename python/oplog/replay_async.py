@@ -268,21 +268,21 @@ class AsyncReplayer:
         sync: a nested pipeline would sync on entering and on leaving."""
         steps = page.steps
         conn = self._writer.conn
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            for step in steps:
-                await self._run_step(step)
-            if meanwhile is not None:
-                await meanwhile()
-            return
-        if meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list):
-            await self._run_step(steps[0])
-        elif steps:
+        single = meanwhile is None and len(steps) == 1 and not isinstance(steps[0], list)
+        if steps and not single and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF:
             async with conn.pipeline():
-                for step in steps:
-                    await self._run_step(step)
-                if meanwhile is not None:
-                    await meanwhile()
-        elif meanwhile is not None:
+                await self._run_steps(steps, meanwhile)
+        else:
+            await self._run_steps(steps, meanwhile)
+
+    async def _run_steps(
+        self,
+        steps: list[tuple[bytes, list[Any], bool | None] | list[Operation]],
+        meanwhile: Callable[[], Awaitable[object]] | None,
+    ) -> None:
+        for step in steps:
+            await self._run_step(step)
+        if meanwhile is not None:
             await meanwhile()
 
     async def _run_step(self, step: tuple[bytes, list[Any], bool | None] | list[Operation]) -> None:
