@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 import oplog
 from oplog.proto.oplog_test_pb2 import TestUser
@@ -259,6 +261,52 @@ def test_replicate_pages_plan_their_runs_on_the_keys_index(
         assert b.execute(scans).fetchall() == [("on", 3)]
         b.execute("truncate users")
         b.commit()
+
+
+def _syncs(conn: psycopg.Connection[Any], trace: Path, run: Callable[[], object]) -> int:
+    """How many Sync and Flush messages `conn` sends while `run` runs (libpq's trace of the
+    protocol): in pipeline mode, each is a wait for the server's answers, a round trip."""
+    with trace.open("w") as out:
+        conn.pgconn.trace(out.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            run()
+        finally:
+            conn.pgconn.untrace()
+    messages = [line.rstrip().split("\t") for line in trace.read_text().splitlines()]
+    return sum(m[0] == "F" and m[-1] in ("Sync", "Flush") for m in messages)
+
+
+def test_a_replicators_page_is_two_round_trips_with_or_without_autocommit(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str, tmp_path: Path
+) -> None:
+    """After its first page, a replicator's page is two round trips on the target (the lock
+    with the page's statements, then the save with the commit), whether or not the target
+    connection is in autocommit mode: the page's BEGIN goes with its first statements
+    (psycopg's own BEGIN, in pipeline mode, syncs on its own: a round trip more). The BEGIN
+    keeps the connection's isolation level, and the connection is left as it was."""
+    _write_users(conn, range(1, 9))
+    syncs, levels = {}, {}
+    with (
+        _setting_of_each_row(empty_replica, "transaction_isolation") as query,
+        psycopg.connect(dsn, autocommit=True) as a,
+    ):
+        for autocommit in (True, False):
+            with psycopg.connect(empty_replica, autocommit=autocommit) as b:
+                b.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                run = functools.partial(
+                    LOG.replicate, a, b, f"r{autocommit}", batch_size=2, follow=False
+                )
+                syncs[autocommit] = _syncs(b, tmp_path / "trace", run)
+                assert b.autocommit is autocommit
+                assert b.info.transaction_status == pq.TransactionStatus.IDLE
+                levels[autocommit] = b.execute(query).fetchall()
+                b.execute("truncate users")
+                b.commit()
+    # Sync and flush messages for four pages, from the position read to the end of the log;
+    # psycopg's own BEGIN made it 19 without autocommit, a round trip more per page.
+    assert syncs == {True: 15, False: 15}
+    assert levels == {True: [("repeatable read", 8)], False: [("repeatable read", 8)]}
 
 
 @pytest.mark.skipif(not has_pg15(), reason="needs Debian's PostgreSQL 15 (scripts/setup.sh)")

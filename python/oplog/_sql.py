@@ -11,6 +11,11 @@ in every writer: it is the one place a ticket's version changes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
+
 # --- tickets ------------------------------------------------------------------------------------
 
 ADVANCE_TICKET = "version = oplog_ticket.version + 1, update_time = current_timestamp"
@@ -341,6 +346,24 @@ where xact_id >= pg_snapshot_xmin(%(seen)s::pg_snapshot)
 # --- consumers ----------------------------------------------------------------------------------
 
 BEGIN = "begin"
+
+
+def begin_statement(
+    isolation: psycopg.IsolationLevel | None, read_only: bool | None, deferrable: bool | None
+) -> str:
+    """The BEGIN of a transaction with a connection's settings (as psycopg composes its
+    own): the isolation level, read-only and deferrable when set, else the server's
+    defaults."""
+    parts = [BEGIN]
+    if isolation is not None:
+        parts.append("isolation level " + isolation.name.replace("_", " ").lower())
+    if read_only is not None:
+        parts.append("read only" if read_only else "read write")
+    if deferrable is not None:
+        parts.append("deferrable" if deferrable else "not deferrable")
+    return " ".join(parts)
+
+
 COMMIT = "commit"
 ASYNC_COMMIT = "set local synchronous_commit to off"
 """For a consumer's page: its commit need not wait for the disk (the page is applied again

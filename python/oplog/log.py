@@ -738,11 +738,17 @@ def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
     statements, its COMMIT with the block's last, in one round trip each (a replicator's page:
     the lock of its position with the page's statements, then the save and the commit).
     ``conn.transaction()`` in pipeline mode syncs on entering and twice on leaving, to raise
-    each error where it happened. An error anywhere rolls the whole transaction back."""
+    each error where it happened; and outside autocommit, psycopg's own BEGIN syncs too. So
+    `conn` is in autocommit mode for the block, and the BEGIN is oplog's, with the
+    connection's isolation level, read-only and deferrable settings. An error anywhere rolls
+    the whole transaction back."""
+    begin = _sql.begin_statement(conn.isolation_level, conn.read_only, conn.deferrable)
+    switched = not conn.autocommit
+    if switched:
+        conn.set_autocommit(True)
     try:
         with conn.pipeline():
-            if conn.autocommit:
-                execute(conn, _sql.BEGIN, prepare=False)  # else psycopg's first statement
+            execute(conn, begin, prepare=False)
             yield
             execute(conn, _sql.COMMIT, prepare=False)
     except BaseException:
@@ -750,6 +756,10 @@ def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
         raise
+    finally:
+        # (A broken connection, in no transaction status, is left as it is.)
+        if switched and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.set_autocommit(False)
 
 
 def _stored_pages(

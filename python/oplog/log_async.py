@@ -747,11 +747,17 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
     statements, its COMMIT with the block's last, in one round trip each (a replicator's page:
     the lock of its position with the page's statements, then the save and the commit).
     ``conn.transaction()`` in pipeline mode syncs on entering and twice on leaving, to raise
-    each error where it happened. An error anywhere rolls the whole transaction back."""
+    each error where it happened; and outside autocommit, psycopg's own BEGIN syncs too. So
+    `conn` is in autocommit mode for the block, and the BEGIN is oplog's, with the
+    connection's isolation level, read-only and deferrable settings. An error anywhere rolls
+    the whole transaction back."""
+    begin = _sql.begin_statement(conn.isolation_level, conn.read_only, conn.deferrable)
+    switched = not conn.autocommit
+    if switched:
+        await conn.set_autocommit(True)
     try:
         async with conn.pipeline():
-            if conn.autocommit:
-                await aexecute(conn, _sql.BEGIN, prepare=False)  # else psycopg's first statement
+            await aexecute(conn, begin, prepare=False)
             yield
             await aexecute(conn, _sql.COMMIT, prepare=False)
     except BaseException:
@@ -759,6 +765,10 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
             with contextlib.suppress(psycopg.Error):
                 await conn.rollback()
         raise
+    finally:
+        # (A broken connection, in no transaction status, is left as it is.)
+        if switched and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
 
 
 async def _stored_pages(
