@@ -439,7 +439,13 @@ def test_a_long_poll_is_paged_without_rereading_what_is_left(
         for autocommit in (True, False):
             read.clear()
             with psycopg.connect(pg.dsn_for(name), autocommit=autocommit) as tail:
+                notices: list[psycopg.errors.Diagnostic] = []
+                tail.add_notice_handler(notices.append)
                 assert len(list(LOG.tail(tail, follow=False, batch_size=500))) == total
+                # The setting ends with each page's transaction, with no warning (SET LOCAL
+                # warns outside an explicit transaction block, in the server's log too).
+                assert tail.execute("show enable_sort").fetchone() == ("on",)
+                assert [notice.message_primary for notice in notices] == []
             assert len(read) >= total // 500
             # Re-reading what is left of the poll for each page reads ~ total**2 / (2 * 500).
             assert sum(read) < 3 * total

@@ -1,7 +1,6 @@
 """The library's own cursors: tuple rows and server-side binding on every statement it runs,
 whatever ``row_factory`` and ``cursor_factory`` the caller's connection has (``dict_row`` in
-many applications, ``ClientCursor`` in Django's backend). One exception: a select that must
-not be sorted (:func:`execute_in_order`) is bound on the client, to go with its setting.
+many applications, ``ClientCursor`` in Django's backend).
 """
 
 from __future__ import annotations
@@ -29,15 +28,12 @@ def execute(
     params: Params | None = None,
     *,
     prepare: bool | None = None,
+    binary: bool = False,
 ) -> psycopg.Cursor[TupleRow]:
-    """``conn.execute`` on a cursor of :func:`cursor`'s kind."""
-    return psycopg.Cursor(conn, row_factory=tuple_row).execute(query, params, prepare=prepare)
-
-
-# Run before a statement in the same query string: PostgreSQL runs the string in one transaction
-# (an implicit one on an autocommit connection, which ends with it), and the setting lasts until
-# that transaction ends.
-_NO_SORT = b"set local enable_sort = off;\n"
+    """``conn.execute`` on a cursor of :func:`cursor`'s kind; with `binary`, the rows come in
+    binary (a page of entries: their blobs as bytes, not hex to decode)."""
+    cur = psycopg.Cursor(conn, row_factory=tuple_row)
+    return cur.execute(query, params, prepare=prepare, binary=binary)
 
 
 def execute_in_order(
@@ -45,13 +41,19 @@ def execute_in_order(
 ) -> psycopg.Cursor[TupleRow]:
     """Runs a select whose ``order by`` an index walk gives, with the planner's sorts disabled
     for it: a planner without statistics may otherwise read and sort everything the ``where``
-    admits to return a few rows. The parameters are bound on the client (a ``set`` and a
-    select go in one query string); inside the caller's transaction the setting lasts until it
-    ends."""
-    cur = psycopg.ClientCursor(conn, row_factory=tuple_row)
-    cur.execute(_NO_SORT + query.encode(), params)
-    cur.nextset()  # past the set's result, to the select's
+    admits to return a few rows. The setting (:data:`_NO_SORT`) and the select go in one
+    pipeline, in one round trip and one transaction: on an autocommit connection the implicit
+    one of the statements up to the pipeline's sync, which the setting does not outlive; inside
+    the caller's transaction, the setting lasts until that ends. The rows come in binary."""
+    with conn.pipeline():
+        execute(conn, _NO_SORT)
+        cur = execute(conn, query, params, prepare=False, binary=True)
     return cur
+
+
+# A local setting without SET LOCAL, which warns (in the server's log too) when it is not in
+# an explicit transaction, though the pipeline's implicit one keeps it for the select after it.
+_NO_SORT = "select set_config('enable_sort', 'off', true)"
 
 
 def acursor(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[TupleRow]:
@@ -65,17 +67,18 @@ async def aexecute(
     params: Params | None = None,
     *,
     prepare: bool | None = None,
+    binary: bool = False,
 ) -> psycopg.AsyncCursor[TupleRow]:
-    """``await conn.execute`` on a cursor of :func:`acursor`'s kind."""
+    """``await conn.execute`` on a cursor of :func:`acursor`'s kind (see :func:`execute`)."""
     cur = psycopg.AsyncCursor(conn, row_factory=tuple_row)
-    return await cur.execute(query, params, prepare=prepare)
+    return await cur.execute(query, params, prepare=prepare, binary=binary)
 
 
 async def aexecute_in_order(
     conn: psycopg.AsyncConnection[Any], query: str, params: Params
 ) -> psycopg.AsyncCursor[TupleRow]:
     """See :func:`execute_in_order`."""
-    cur = psycopg.AsyncClientCursor(conn, row_factory=tuple_row)
-    await cur.execute(_NO_SORT + query.encode(), params)
-    cur.nextset()  # past the set's result, to the select's
+    async with conn.pipeline():
+        await aexecute(conn, _NO_SORT)
+        cur = await aexecute(conn, query, params, prepare=False, binary=True)
     return cur

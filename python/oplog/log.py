@@ -477,7 +477,9 @@ class Oplog(OplogSettings):
                     # _sql.TAIL_PAGE_CONTINUED).
                     found = execute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
                 else:
-                    found = execute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
+                    found = execute(
+                        conn, _sql.TAIL_PAGE, cursor.params(), prepare=False, binary=True
+                    )
                 rows = found.fetchall()
             if continued:
                 _end_read(conn)  # ends the no-sort setting before the metadata is read
@@ -768,7 +770,7 @@ def _stored_pages(
     """The ``(rows, metadata rows)`` of each page of a read, encrypted still."""
     while (params := pages.next_query()) is not None:
         with requiring_migration(1):
-            found = execute(conn, _sql.READ_PAGE, params)
+            found = execute(conn, _sql.READ_PAGE, params, binary=True)
         rows = found.fetchall()
         metadata = _metadata(conn, [row[0] for row in rows])
         pages.advance(rows)
@@ -894,7 +896,7 @@ def _metadata(conn: psycopg.Connection[Any], ids: list[int]) -> list[Any]:
     if not ids:
         return []
     pgarray.register(conn)
-    found = execute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),))
+    found = execute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),), binary=True)
     return found.fetchall()
 
 

@@ -484,7 +484,9 @@ class AsyncOplog(OplogSettings):
                     # _sql.TAIL_PAGE_CONTINUED).
                     found = await aexecute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
                 else:
-                    found = await aexecute(conn, _sql.TAIL_PAGE, cursor.params(), prepare=False)
+                    found = await aexecute(
+                        conn, _sql.TAIL_PAGE, cursor.params(), prepare=False, binary=True
+                    )
                 rows = await found.fetchall()
             if continued:
                 await _end_read(conn)  # ends the no-sort setting before the metadata is read
@@ -777,7 +779,7 @@ async def _stored_pages(
     """The ``(rows, metadata rows)`` of each page of a read, encrypted still."""
     while (params := pages.next_query()) is not None:
         with requiring_migration(1):
-            found = await aexecute(conn, _sql.READ_PAGE, params)
+            found = await aexecute(conn, _sql.READ_PAGE, params, binary=True)
         rows = await found.fetchall()
         metadata = await _metadata(conn, [row[0] for row in rows])
         pages.advance(rows)
@@ -905,7 +907,7 @@ async def _metadata(conn: psycopg.AsyncConnection[Any], ids: list[int]) -> list[
     if not ids:
         return []
     pgarray.register(conn)
-    found = await aexecute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),))
+    found = await aexecute(conn, _sql.ENTRY_METADATA, (pgarray.Int8Array.of(ids),), binary=True)
     return await found.fetchall()
 
 
