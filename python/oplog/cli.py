@@ -44,7 +44,7 @@ from oplog.catalog import check_identifier
 from oplog.chain import SavedHeads
 from oplog.checkpoint import check_partition, partition_consumer
 from oplog.consumer import lag_behind
-from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
+from oplog.entry import Entry, ReadPages, entries_from_rows
 from oplog.log import Ahead, _anext_or_none, _stored_pages
 from oplog.replay import tables_equal
 from oplog.replay_plan import Plan, decode_entries, on_the_keys_index
@@ -618,13 +618,12 @@ def _replay_pages(
         _ReplayFailed: An entry does not replay.
     """
     catalog = log.catalog
-    stored = _stored_pages(conn, ReadPages(None, after_id, None))
-    times = time_loader(conn)
+    stored = _stored_pages(conn, ReadPages(None, after_id, None), timed=False)
 
     def plan(rows: tuple[list[Any], list[Any]]) -> tuple[list[Entry], Plan | oplog.OplogError]:
         # A page that does not decrypt fails here, as reading it did; one that does not decode
         # or plan is replayed one entry at a time, to name the entry.
-        entries = entries_from_rows(*rows, log.wrapper, times)
+        entries = entries_from_rows(*rows, log.wrapper)
         try:
             return entries, replayer._plan(decode_entries(entries, catalog))
         except oplog.OplogError as exc:

@@ -273,8 +273,7 @@ class Oplog(OplogSettings):
         """
         replayer = Replayer(Writer(conn, self.catalog), table_suffix)
         catalog, wrapper = self.catalog, self.wrapper
-        stored = _stored_pages(conn, ReadPages(None, after_id, None))
-        times = time_loader(conn)
+        stored = _stored_pages(conn, ReadPages(None, after_id, None), timed=False)
         count = 0
         # A page at a time, set-based: as few statements as the operations' order allows. The
         # next page is read before this one is sent, and decrypted, decoded and planned while
@@ -283,7 +282,7 @@ class Oplog(OplogSettings):
         def prepare(rows: tuple[list[Any], list[Any]] | None) -> PreparedPage | None:
             if rows is None:
                 return None
-            return replayer._prepare_entries(entries_from_rows(*rows, wrapper, times), catalog)
+            return replayer._prepare_entries(entries_from_rows(*rows, wrapper), catalog)
 
         # Each page's statements run on the keys' index (see on_the_keys_index).
         (scans,) = execute(conn, _sql.SEQSCAN_SETTING).fetchone() or ("on",)
@@ -456,17 +455,19 @@ class Oplog(OplogSettings):
         follow: bool,
         partition: tuple[int, int] | None,
         idle_pages: bool = False,
+        timed: bool = True,
     ) -> Generator[TailPage, None, None]:
         """The pages of a tail (see :meth:`tail`). An empty page only with `idle_pages`: it
         says that the tail has caught up and will wait for new entries when resumed (so that
-        a consumer reading ahead does not wait inside its transaction)."""
+        a consumer reading ahead does not wait inside its transaction). Without `timed`, the
+        entries' times are not read (None: for entries that are only applied)."""
         check_tail_arguments(conn, batch_size, poll_interval, channel)
         cursor = TailCursor(after, batch_size, check_partition(partition))
         if channel is not None:
             execute(conn, listen_statement(channel))
             _end_read(conn)
         cursor.start(_snapshot(conn))
-        times = time_loader(conn)
+        times = time_loader(conn) if timed else None
         while stop is None or not stop.is_set():
             if cursor.needs_snapshot:
                 cursor.begin(_snapshot(conn))
@@ -475,10 +476,10 @@ class Oplog(OplogSettings):
                 if continued:
                     # The poll goes on: walk the primary key from the last page's end (see
                     # _sql.TAIL_PAGE_CONTINUED).
-                    found = execute_in_order(conn, _sql.TAIL_PAGE_CONTINUED, cursor.params())
+                    found = execute_in_order(conn, _sql.TAIL_PAGE_CONTINUED[timed], cursor.params())
                 else:
                     found = execute(
-                        conn, _sql.TAIL_PAGE, cursor.params(), prepare=False, binary=True
+                        conn, _sql.TAIL_PAGE[timed], cursor.params(), prepare=False, binary=True
                     )
                 rows = found.fetchall()
             if continued:
@@ -643,7 +644,7 @@ class Oplog(OplogSettings):
             restart = False
             pages = self._pages(
                 source, position, batch_size, poll_interval, channel, stop, follow, partition,
-                idle_pages=True,
+                idle_pages=True, timed=not pipelined,
             )  # fmt: skip
             try:
                 page = _anext_or_none(pages)
@@ -765,12 +766,13 @@ def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 def _stored_pages(
-    conn: psycopg.Connection[Any], pages: ReadPages
+    conn: psycopg.Connection[Any], pages: ReadPages, timed: bool = True
 ) -> Iterator[tuple[list[Any], list[Any]]]:
-    """The ``(rows, metadata rows)`` of each page of a read, encrypted still."""
+    """The ``(rows, metadata rows)`` of each page of a read, encrypted still; without
+    `timed`, each row's time is None (for entries that are only applied)."""
     while (params := pages.next_query()) is not None:
         with requiring_migration(1):
-            found = execute(conn, _sql.READ_PAGE, params, binary=True)
+            found = execute(conn, _sql.READ_PAGE[timed], params, binary=True)
         rows = found.fetchall()
         metadata = _metadata(conn, [row[0] for row in rows])
         pages.advance(rows)
