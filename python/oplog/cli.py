@@ -618,7 +618,7 @@ def _replay_pages(
         _ReplayFailed: An entry does not replay.
     """
     catalog = log.catalog
-    stored = _stored_pages(conn, ReadPages(None, after_id, None), timed=False)
+    stored = _stored_pages(conn, ReadPages(None, after_id, None), operations_only=True)
 
     def plan(rows: tuple[list[Any], list[Any]]) -> tuple[list[Entry], Plan | oplog.OplogError]:
         # A page that does not decrypt fails here, as reading it did; one that does not decode

@@ -277,7 +277,7 @@ class AsyncOplog(OplogSettings):
         """
         replayer = AsyncReplayer(AsyncWriter(conn, self.catalog), table_suffix)
         catalog, wrapper = self.catalog, self.wrapper
-        stored = _stored_pages(conn, ReadPages(None, after_id, None), timed=False)
+        stored = _stored_pages(conn, ReadPages(None, after_id, None), operations_only=True)
         count = 0
         # A page at a time, set-based: as few statements as the operations' order allows. The
         # next page is read before this one is sent, and decrypted, decoded and planned while
@@ -460,19 +460,21 @@ class AsyncOplog(OplogSettings):
         follow: bool,
         partition: tuple[int, int] | None,
         idle_pages: bool = False,
-        timed: bool = True,
+        operations_only: bool = False,
     ) -> AsyncGenerator[TailPage, None]:
         """The pages of a tail (see :meth:`tail`). An empty page only with `idle_pages`: it
         says that the tail has caught up and will wait for new entries when resumed (so that
-        a consumer reading ahead does not wait inside its transaction). Without `timed`, the
-        entries' times are not read (None: for entries that are only applied)."""
+        a consumer reading ahead does not wait inside its transaction). With `operations_only`,
+        the entries' times and metadata are not read (None and empty: for entries that are
+        only applied)."""
         check_tail_arguments(conn, batch_size, poll_interval, channel)
         cursor = TailCursor(after, batch_size, check_partition(partition))
         if channel is not None:
             await aexecute(conn, listen_statement(channel))
             await _end_read(conn)
         cursor.start(await _snapshot(conn))
-        times = time_loader(conn) if timed else None
+        times = None if operations_only else time_loader(conn)
+        timed = not operations_only
         while stop is None or not stop.is_set():
             if cursor.needs_snapshot:
                 cursor.begin(await _snapshot(conn))
@@ -491,7 +493,7 @@ class AsyncOplog(OplogSettings):
                 rows = await found.fetchall()
             if continued:
                 await _end_read(conn)  # ends the no-sort setting before the metadata is read
-            metadata = await _metadata(conn, [row[0] for row in rows])
+            metadata = [] if operations_only else await _metadata(conn, [row[0] for row in rows])
             await _end_read(conn)
             page = cursor.page(rows, metadata, self.wrapper, times)
             if page:
@@ -555,6 +557,7 @@ class AsyncOplog(OplogSettings):
         return await self._consume(
             source, target, _consumer(consumer, partition), apply_page, batch_size,
             poll_interval, channel, stop, follow, on_commit, partition, synchronous_commit, False,
+            False,
         )  # fmt: skip
 
     async def replicate(
@@ -616,7 +619,7 @@ class AsyncOplog(OplogSettings):
 
         return await self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
-            channel, stop, follow, on_commit, partition, synchronous_commit, True,
+            channel, stop, follow, on_commit, partition, synchronous_commit, True, not copy_log,
         )  # fmt: skip
 
     async def _consume(
@@ -636,12 +639,14 @@ class AsyncOplog(OplogSettings):
         partition: tuple[int, int] | None,
         synchronous_commit: bool,
         pipelined: bool,
+        operations_only: bool,
     ) -> int:
         """The loop of :meth:`consume` and :meth:`replicate`: a page applied and the position
         saved per transaction on `target`; with `pipelined`, each page's transaction in
         pipeline mode (:func:`_pipelined`; for an `apply_page` of oplog's own, not the
         caller's: pipeline mode runs no COPY, and reports an error at the next sync rather
-        than at its statement)."""
+        than at its statement). With `operations_only`, the pages' entries come without their
+        times and metadata (a replicator's that does not copy the log)."""
         check_consume_connections(source, target)
         async with target.transaction():
             position = await consumer.position(target)
@@ -653,7 +658,7 @@ class AsyncOplog(OplogSettings):
             restart = False
             pages = self._pages(
                 source, position, batch_size, poll_interval, channel, stop, follow, partition,
-                idle_pages=True, timed=not pipelined,
+                idle_pages=True, operations_only=operations_only,
             )  # fmt: skip
             try:
                 page = await _anext_or_none(pages)
@@ -775,15 +780,16 @@ async def _pipelined(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
 
 
 async def _stored_pages(
-    conn: psycopg.AsyncConnection[Any], pages: ReadPages, timed: bool = True
+    conn: psycopg.AsyncConnection[Any], pages: ReadPages, operations_only: bool = False
 ) -> AsyncIterator[tuple[list[Any], list[Any]]]:
-    """The ``(rows, metadata rows)`` of each page of a read, encrypted still; without
-    `timed`, each row's time is None (for entries that are only applied)."""
+    """The ``(rows, metadata rows)`` of each page of a read, encrypted still; with
+    `operations_only`, no metadata rows, and each row's time None (for entries that are only
+    applied)."""
     while (params := pages.next_query()) is not None:
         with requiring_migration(1):
-            found = await aexecute(conn, _sql.READ_PAGE[timed], params, binary=True)
+            found = await aexecute(conn, _sql.READ_PAGE[not operations_only], params, binary=True)
         rows = await found.fetchall()
-        metadata = await _metadata(conn, [row[0] for row in rows])
+        metadata = [] if operations_only else await _metadata(conn, [row[0] for row in rows])
         pages.advance(rows)
         if rows:
             yield rows, metadata
