@@ -44,7 +44,7 @@ from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
-from oplog.replay_plan import PreparedPage, on_the_keys_index
+from oplog.replay_plan import Plan, PreparedPage, decode_entries, on_the_keys_index
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer import Writer
 
@@ -589,6 +589,23 @@ class Oplog(OplogSettings):
         """
         catalog = self.catalog
         replayer = Replayer(Writer(target, catalog), "")
+        # The next page's entries, and their plan (or why they have none), made ahead.
+        ahead: list[tuple[list[Entry], Plan | Exception]] = []
+
+        def plan(entries: list[Entry]) -> Plan:
+            return replayer._plan(decode_entries(entries, catalog))
+
+        def read_ahead(following: Ahead[TailPage | None]) -> None:
+            # While the target runs this page's statements: the next page is read from the
+            # source, decoded and planned (no I/O on the target). What fails is raised when
+            # that page is applied, in its own transaction, as if it had failed there.
+            following.run()
+            page = following.result()
+            if page:
+                try:
+                    ahead.append((page.entries, plan(page.entries)))
+                except Exception as exc:
+                    ahead.append((page.entries, exc))
 
         def replay(
             conn: psycopg.Connection[Any],
@@ -596,12 +613,16 @@ class Oplog(OplogSettings):
             following: Ahead[TailPage | None],
         ) -> None:
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
-            # The next page is read from the source while the target runs this one's
-            # statements.
-            page = replayer._prepare_entries(entries, catalog)
+            planned = ahead.pop() if ahead else None
+            if planned is not None and planned[0] is entries:
+                if isinstance(planned[1], Exception):
+                    raise planned[1]
+                page = replayer._finish(planned[1], len(entries))
+            else:  # the first page (of this process, or since another got further)
+                page = replayer._finish(plan(entries), len(entries))
             # After the tables' traits are read (a catalog query the setting would slow).
             execute(conn, _sql.INDEX_SCANS, prepare=False)
-            replayer._send(page, following.run)
+            replayer._send(page, functools.partial(read_ahead, following))
             if copy_log and entries:
                 # The page's statements answer first (in this pipeline an error of theirs
                 # would surface at the copy's statement, as if the copy had failed): a nested
@@ -824,6 +845,10 @@ class Ahead(Generic[T]):
         if self._error is not None:
             raise self._error
         return cast(T, self._result)
+
+    def result(self) -> T | None:
+        """The work's result if it is done and did not fail, else None."""
+        return self._result
 
 
 def _consumer(consumer: Consumer | str, partition: tuple[int, int] | None) -> Consumer:
