@@ -191,6 +191,29 @@ def test_reading_ahead_never_holds_a_page_until_the_next_poll(
     assert done == [3]
 
 
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_replicator_stopped_with_its_next_page_asked_for_leaves_the_source_as_it_was(
+    conn: psycopg.Connection[Any], dsn: str, empty_replica: str, autocommit: bool
+) -> None:
+    """A replicator asks the source for its next page before it applies one, in a pipeline
+    left open meanwhile. Stopped then, it syncs that pipeline: the source connection is out
+    of pipeline mode and in no transaction, and a later replicator applies the rest once."""
+    _write_users(conn, range(1, 9))
+    stop = threading.Event()
+    with (
+        psycopg.connect(dsn, autocommit=autocommit) as a,
+        psycopg.connect(empty_replica) as b,
+    ):
+        applied = LOG.replicate(a, b, "r", batch_size=2, stop=stop, on_commit=lambda *_: stop.set())
+        assert applied < 8
+        assert a.pgconn.pipeline_status == pq.PipelineStatus.OFF
+        assert a.info.transaction_status == pq.TransactionStatus.IDLE
+        assert a.execute("select count(*) from oplog_entry").fetchone() == (8,)
+        a.rollback()  # (outside autocommit, that select began a transaction)
+        assert applied + LOG.replicate(a, b, "r", batch_size=2, follow=False) == 8
+        assert [row[0] for row in rows(b, "users", "id")] == list(range(1, 9))
+
+
 @contextlib.contextmanager
 def _setting_of_each_row(replica: str, setting: str) -> Iterator[str]:
     """The replica's users get a column holding `setting` as it was when each row was

@@ -12,7 +12,16 @@ from psycopg import sql
 from psycopg.abc import Params
 from psycopg.rows import TupleRow, tuple_row
 
-__all__ = ["acursor", "aexecute", "aexecute_in_order", "cursor", "execute", "execute_in_order"]
+__all__ = [
+    "acursor",
+    "aexecute",
+    "aexecute_in_order",
+    "asend_in_order",
+    "cursor",
+    "execute",
+    "execute_in_order",
+    "send_in_order",
+]
 
 Query = Union[str, bytes, sql.SQL, sql.Composed]
 
@@ -46,9 +55,17 @@ def execute_in_order(
     one of the statements up to the pipeline's sync, which the setting does not outlive; inside
     the caller's transaction, the setting lasts until that ends. The rows come in binary."""
     with conn.pipeline():
-        execute(conn, _NO_SORT)
-        cur = execute(conn, query, params, prepare=False, binary=True)
+        cur = send_in_order(conn, query, params)
     return cur
+
+
+def send_in_order(
+    conn: psycopg.Connection[Any], query: str, params: Params
+) -> psycopg.Cursor[TupleRow]:
+    """:func:`execute_in_order`'s statements, sent in the caller's pipeline: the rows are
+    read once the caller syncs it (or fetches them)."""
+    execute(conn, _NO_SORT)
+    return execute(conn, query, params, prepare=False, binary=True)
 
 
 # A local setting without SET LOCAL, which warns (in the server's log too) when it is not in
@@ -79,6 +96,13 @@ async def aexecute_in_order(
 ) -> psycopg.AsyncCursor[TupleRow]:
     """See :func:`execute_in_order`."""
     async with conn.pipeline():
-        await aexecute(conn, _NO_SORT)
-        cur = await aexecute(conn, query, params, prepare=False, binary=True)
+        cur = await asend_in_order(conn, query, params)
     return cur
+
+
+async def asend_in_order(
+    conn: psycopg.AsyncConnection[Any], query: str, params: Params
+) -> psycopg.AsyncCursor[TupleRow]:
+    """See :func:`send_in_order`."""
+    await aexecute(conn, _NO_SORT)
+    return await aexecute(conn, query, params, prepare=False, binary=True)

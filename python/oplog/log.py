@@ -25,7 +25,7 @@ from psycopg.rows import tuple_row
 
 from oplog import _sql, pgarray
 from oplog._compat import NO_BLOCK, Event, sleep, wait_event
-from oplog._db import execute, execute_in_order
+from oplog._db import execute, execute_in_order, send_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
@@ -470,33 +470,58 @@ class Oplog(OplogSettings):
         cursor.start(_snapshot(conn))
         times = None if operations_only else time_loader(conn)
         timed = not operations_only
-        while stop is None or not stop.is_set():
-            if cursor.needs_snapshot:
-                cursor.begin(_snapshot(conn))
-            with requiring_migration(2):
-                continued = cursor.position.after_id > 0
+        # With `operations_only` (the tail is oplog's own, on a connection nothing else uses
+        # meanwhile), the next page of a poll is asked for before a page is given, in a
+        # pipeline left open until then: the source server reads it while the consumer applies
+        # the page.
+        sent = contextlib.ExitStack()
+        asked: psycopg.Cursor[Any] | None = None
+        asking = False
+        try:
+            while stop is None or not stop.is_set():
+                if cursor.needs_snapshot:
+                    cursor.begin(_snapshot(conn))
+                with requiring_migration(2):
+                    continued = cursor.position.after_id > 0
+                    if asked is not None:
+                        sent.close()  # syncs: the rows asked for are in
+                        found, asked, asking = asked, None, False
+                    elif continued:
+                        # The poll goes on: walk the primary key from the last page's end (see
+                        # _sql.TAIL_PAGE_CONTINUED).
+                        found = execute_in_order(
+                            conn, _sql.TAIL_PAGE_CONTINUED[timed], cursor.params()
+                        )
+                    else:
+                        found = execute(
+                            conn, _sql.TAIL_PAGE[timed], cursor.params(), prepare=False,
+                            binary=True,
+                        )  # fmt: skip
+                    rows = found.fetchall()
                 if continued:
-                    # The poll goes on: walk the primary key from the last page's end (see
-                    # _sql.TAIL_PAGE_CONTINUED).
-                    found = execute_in_order(conn, _sql.TAIL_PAGE_CONTINUED[timed], cursor.params())
-                else:
-                    found = execute(
-                        conn, _sql.TAIL_PAGE[timed], cursor.params(), prepare=False, binary=True
-                    )
-                rows = found.fetchall()
-            if continued:
-                _end_read(conn)  # ends the no-sort setting before the metadata is read
-            metadata = [] if operations_only else _metadata(conn, [row[0] for row in rows])
-            _end_read(conn)
-            page = cursor.page(rows, metadata, self.wrapper, times)
-            if page:
-                yield page
-            if cursor.caught_up:
-                if not follow:
-                    return
-                if idle_pages:
-                    yield cursor.idle()
-                _wait(conn, channel, poll_interval, stop)
+                    _end_read(conn)  # ends the no-sort setting before the metadata is read
+                metadata = [] if operations_only else _metadata(conn, [row[0] for row in rows])
+                _end_read(conn)
+                page = cursor.page(rows, metadata, self.wrapper, times)
+                if page and operations_only and not cursor.needs_snapshot:
+                    asking = True
+                    sent.enter_context(conn.pipeline())
+                    asked = send_in_order(conn, _sql.TAIL_PAGE_CONTINUED[timed], cursor.params())
+                if page:
+                    yield page
+                if cursor.caught_up:
+                    if not follow:
+                        return
+                    if idle_pages:
+                        yield cursor.idle()
+                    _wait(conn, channel, poll_interval, stop)
+        finally:
+            if asking:
+                # A page asked for and not read (the consumer stopped): its pipeline is
+                # synced, and its read ended (outside autocommit, its transaction).
+                with contextlib.suppress(psycopg.Error):
+                    sent.close()
+                    _end_read(conn)
 
     def consume(
         self,

@@ -26,7 +26,7 @@ from psycopg.rows import tuple_row
 
 from oplog import _sql, pgarray
 from oplog._compat import ANO_BLOCK, AEvent, asleep, await_event
-from oplog._db import aexecute, aexecute_in_order
+from oplog._db import aexecute, aexecute_in_order, asend_in_order
 from oplog._dberrors import requiring_migration, ticket_conflicts
 from oplog.batch import BatchItem, EntryBatch, batch_block
 from oplog.chain import ChainCheck, SavedHeads, VerifyProblem, VerifyReport, copy_params
@@ -475,35 +475,62 @@ class AsyncOplog(OplogSettings):
         cursor.start(await _snapshot(conn))
         times = None if operations_only else time_loader(conn)
         timed = not operations_only
-        while stop is None or not stop.is_set():
-            if cursor.needs_snapshot:
-                cursor.begin(await _snapshot(conn))
-            with requiring_migration(2):
-                continued = cursor.position.after_id > 0
+        # With `operations_only` (the tail is oplog's own, on a connection nothing else uses
+        # meanwhile), the next page of a poll is asked for before a page is given, in a
+        # pipeline left open until then: the source server reads it while the consumer applies
+        # the page.
+        sent = contextlib.AsyncExitStack()
+        asked: psycopg.AsyncCursor[Any] | None = None
+        asking = False
+        try:
+            while stop is None or not stop.is_set():
+                if cursor.needs_snapshot:
+                    cursor.begin(await _snapshot(conn))
+                with requiring_migration(2):
+                    continued = cursor.position.after_id > 0
+                    if asked is not None:
+                        await sent.aclose()  # syncs: the rows asked for are in
+                        found, asked, asking = asked, None, False
+                    elif continued:
+                        # The poll goes on: walk the primary key from the last page's end (see
+                        # _sql.TAIL_PAGE_CONTINUED).
+                        found = await aexecute_in_order(
+                            conn, _sql.TAIL_PAGE_CONTINUED[timed], cursor.params()
+                        )
+                    else:
+                        found = await aexecute(
+                            conn, _sql.TAIL_PAGE[timed], cursor.params(), prepare=False,
+                            binary=True,
+                        )  # fmt: skip
+                    rows = await found.fetchall()
                 if continued:
-                    # The poll goes on: walk the primary key from the last page's end (see
-                    # _sql.TAIL_PAGE_CONTINUED).
-                    found = await aexecute_in_order(
+                    await _end_read(conn)  # ends the no-sort setting before the metadata is read
+                metadata = (
+                    [] if operations_only else await _metadata(conn, [row[0] for row in rows])
+                )
+                await _end_read(conn)
+                page = cursor.page(rows, metadata, self.wrapper, times)
+                if page and operations_only and not cursor.needs_snapshot:
+                    asking = True
+                    await sent.enter_async_context(conn.pipeline())
+                    asked = await asend_in_order(
                         conn, _sql.TAIL_PAGE_CONTINUED[timed], cursor.params()
                     )
-                else:
-                    found = await aexecute(
-                        conn, _sql.TAIL_PAGE[timed], cursor.params(), prepare=False, binary=True
-                    )
-                rows = await found.fetchall()
-            if continued:
-                await _end_read(conn)  # ends the no-sort setting before the metadata is read
-            metadata = [] if operations_only else await _metadata(conn, [row[0] for row in rows])
-            await _end_read(conn)
-            page = cursor.page(rows, metadata, self.wrapper, times)
-            if page:
-                yield page
-            if cursor.caught_up:
-                if not follow:
-                    return
-                if idle_pages:
-                    yield cursor.idle()
-                await _wait(conn, channel, poll_interval, stop)
+                if page:
+                    yield page
+                if cursor.caught_up:
+                    if not follow:
+                        return
+                    if idle_pages:
+                        yield cursor.idle()
+                    await _wait(conn, channel, poll_interval, stop)
+        finally:
+            if asking:
+                # A page asked for and not read (the consumer stopped): its pipeline is
+                # synced, and its read ended (outside autocommit, its transaction).
+                with contextlib.suppress(psycopg.Error):
+                    await sent.aclose()
+                    await _end_read(conn)
 
     async def consume(
         self,
