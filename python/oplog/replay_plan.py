@@ -209,9 +209,10 @@ class Plan:
             key = m.given_key(msg)
             shape: tuple[Any, ...]
             if kind == "insert":
-                generated = key is None and bool(m.primary_key)
-                columns = m.columns_without_key if generated else m.columns
-                shape = (generated,)
+                if key is None and m.primary_key:
+                    columns, shape = m.columns_without_key, _KEY_GENERATED
+                else:
+                    columns, shape = m.columns, _KEY_GIVEN
             else:
                 if key is None:
                     cache.statements.check_key(m, msg)  # raises: no key in table or message
@@ -227,10 +228,10 @@ class Plan:
         steps = self.steps
         commutes = self.cache.commutes
         # The open group: a stretch of operations that commute (any number of runs, by
-        # kind, target, mapping and shape), or else one run kept in order; and the rows
-        # (target, key) it touched.
+        # kind, target, mapping and shape), or else one run kept in order; and the keys of
+        # the rows it touched, by target.
         runs: dict[tuple[Any, ...], Run] = {}
-        touched: set[tuple[str, tuple[Any, ...]]] = set()
+        touched: dict[str, set[tuple[Any, ...]]] = {}
         stretch = False
 
         def close() -> None:
@@ -247,24 +248,25 @@ class Plan:
                     steps.append([item])
                 continue
             kind, target, mapping, shape, columns, key, message = item
-            if key is None:
-                commuting, row = False, None
-            else:
-                commuting, row = commutes(target, mapping), (target, key)
+            commuting = key is not None and commutes(target, mapping)
+            keys = touched.get(target)
             signature = (kind, target, mapping, shape)
             if (
                 commuting != stretch
-                or (row is not None and row in touched)
+                or (key is not None and keys is not None and key in keys)
                 or (not commuting and signature not in runs)
             ):
                 close()
                 stretch = commuting
+                keys = None
             run = runs.get(signature)
             if run is None:
                 run = runs[signature] = Run(kind, mapping, target, shape)
                 run.columns = columns
-            if row is not None:
-                touched.add(row)
+            if key is not None:
+                if keys is None:
+                    keys = touched[target] = set()
+                keys.add(key)
             run.messages.append(message)
         close()
         self._planned = []
@@ -421,6 +423,10 @@ def on_the_keys_index(page: PreparedPage, scans: str) -> PreparedPage:
     after: tuple[bytes, list[Any], bool | None] = (_sql.PUT_BACK_SEQSCAN.encode(), [scans], False)
     return page._replace(steps=[before, *page.steps, after])
 
+
+_KEY_GIVEN = (False,)
+_KEY_GENERATED = (True,)
+"""The shapes of an insert: whether the database generates its key."""
 
 _KINDS = {
     OpType.CREATE: "insert",
