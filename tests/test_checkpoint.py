@@ -12,7 +12,9 @@ import psycopg
 import pytest
 
 import oplog
+from oplog import _sql
 from oplog._db import execute, execute_in_order
+from oplog.checkpoint import TailCursor, TailPage
 from tests.db import CATALOG, UNCHAINED, WRAPPER, commit_entry, settle, user_create
 from tests.drivers import Connect, Driver, MakeDriver
 from tests.pg import Server
@@ -452,3 +454,43 @@ def test_a_long_poll_is_paged_without_rereading_what_is_left(
     finally:
         with psycopg.connect(pg.dsn, autocommit=True) as admin:
             admin.execute(f"drop database if exists {name} with (force)")
+
+
+def test_a_page_read_to_be_applied_holds_what_the_full_page_holds(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A replicator's page (TailCursor.page_to_apply) keeps its entries' ids and decrypted
+    data, not entries: its operations, its checkpoints, the position after it, and its
+    entries when asked for are those of the page a tail reads, but for the times and the
+    metadata it does not read."""
+    for i in range(3):
+        commit_entry(conn, f"a{i}", f"u{i}", who="me")
+    (now,) = conn.execute("select pg_current_snapshot()::text").fetchone() or ("",)
+    conn.commit()
+    pages: list[TailPage] = []
+    positions: list[oplog.Checkpoint] = []
+    for timed in (True, False):
+        cursor = TailCursor(oplog.Checkpoint.of(None), batch_size=2)
+        cursor.start(now)
+        found = execute(conn, _sql.READ_PAGE[timed], (0, None, None, 2), binary=True).fetchall()
+        if timed:
+            metadata = execute(conn, "select entry_id, key, value from oplog_metadata").fetchall()
+            pages.append(cursor.page(found, metadata, WRAPPER))
+        else:
+            pages.append(cursor.page_to_apply(found, WRAPPER))
+        positions.append(cursor.position)
+    full, applied = pages
+    assert applied.datas is not None
+    assert full.datas is None
+    assert len(applied) == len(full) == 2
+    assert positions[1] == positions[0] == applied.end
+    assert applied.operations(CATALOG) == full.operations(CATALOG)
+    assert [c for _, c in applied] == [c for _, c in full]
+
+    def stored(entry: oplog.Entry) -> tuple[Any, ...]:
+        return entry.id, entry.aggregate_name, entry.format_version, entry.key_id, entry.blob
+
+    assert [stored(e) for e in applied.entries] == [stored(e) for e in full.entries]
+    assert [e.data for e in applied.entries] == [e.data for e in full.entries]
+    assert [(e.create_time, e.metadata) for e in applied.entries] == [(None, {})] * 2
+    assert all(e.metadata == {"who": ["me"]} and e.create_time for e in full.entries)

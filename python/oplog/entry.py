@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import pq
@@ -36,6 +36,7 @@ __all__ = [
     "group_metadata",
     "metadata_rows",
     "normalize_metadata",
+    "rows_plaintexts",
     "time_loader",
 ]
 
@@ -419,6 +420,24 @@ def entries_from_rows(
                 raise DecryptError(f"entry {id_} does not decrypt: {exc}") from exc
         out.append(entry)
     return out
+
+
+def rows_plaintexts(rows: list[Sequence[Any]], wrapper: Wrapper) -> list[bytes]:
+    """The decrypted data of stored rows, as :func:`entries_from_rows` decrypts it, without
+    building entries (for a page whose operations are only applied).
+
+    Raises:
+        DecryptError: An entry does not decrypt with `wrapper` (the message names it).
+    """
+    blobs = [bytes(row[4]) for row in rows]
+    out = page_plaintexts(wrapper, blobs)
+    for i, plaintext in enumerate(out):
+        if plaintext is None:
+            try:
+                out[i] = wrapper.decrypt(blobs[i])
+            except DecryptError as exc:
+                raise DecryptError(f"entry {rows[i][0]} does not decrypt: {exc}") from exc
+    return cast("list[bytes]", out)
 
 
 PAGE_SIZE = 500

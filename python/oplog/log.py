@@ -44,7 +44,7 @@ from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
-from oplog.replay_plan import Plan, PreparedPage, decode_entries, on_the_keys_index
+from oplog.replay_plan import Plan, PreparedPage, on_the_keys_index
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer import Writer
 
@@ -502,7 +502,10 @@ class Oplog(OplogSettings):
                     _end_read(conn)  # ends the no-sort setting before the metadata is read
                 metadata = [] if operations_only else _metadata(conn, [row[0] for row in rows])
                 _end_read(conn)
-                page = cursor.page(rows, metadata, self.wrapper, times)
+                if operations_only:
+                    page = cursor.page_to_apply(rows, self.wrapper)
+                else:
+                    page = cursor.page(rows, metadata, self.wrapper, times)
                 if page and operations_only and not cursor.needs_snapshot:
                     asking = True
                     sent.enter_context(conn.pipeline())
@@ -567,9 +570,9 @@ class Oplog(OplogSettings):
         """
 
         def apply_page(
-            conn: psycopg.Connection[Any], entries: list[Entry], _: Ahead[TailPage | None]
+            conn: psycopg.Connection[Any], page: TailPage, _: Ahead[TailPage | None]
         ) -> None:
-            for entry in entries:
+            for entry in page.entries:
                 apply(conn, entry)
 
         return self._consume(
@@ -614,11 +617,11 @@ class Oplog(OplogSettings):
         """
         catalog = self.catalog
         replayer = Replayer(Writer(target, catalog), "")
-        # The next page's entries, and their plan (or why they have none), made ahead.
-        ahead: list[tuple[list[Entry], Plan | Exception]] = []
+        # The next page, and its plan (or why it has none), made ahead.
+        ahead: list[tuple[TailPage, Plan | Exception]] = []
 
-        def plan(entries: list[Entry]) -> Plan:
-            return replayer._plan(decode_entries(entries, catalog))
+        def plan(page: TailPage) -> Plan:
+            return replayer._plan(page.operations(catalog))
 
         def read_ahead(following: Ahead[TailPage | None]) -> None:
             # While the target runs this page's statements: the next page is read from the
@@ -628,33 +631,33 @@ class Oplog(OplogSettings):
             page = following.result()
             if page:
                 try:
-                    ahead.append((page.entries, plan(page.entries)))
+                    ahead.append((page, plan(page)))
                 except Exception as exc:
-                    ahead.append((page.entries, exc))
+                    ahead.append((page, exc))
 
         def replay(
             conn: psycopg.Connection[Any],
-            entries: list[Entry],
+            page: TailPage,
             following: Ahead[TailPage | None],
         ) -> None:
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
             planned = ahead.pop() if ahead else None
-            if planned is not None and planned[0] is entries:
+            if planned is not None and planned[0] is page:
                 if isinstance(planned[1], Exception):
                     raise planned[1]
-                page = replayer._finish(planned[1], len(entries))
+                prepared = replayer._finish(planned[1], len(page))
             else:  # the first page (of this process, or since another got further)
-                page = replayer._finish(plan(entries), len(entries))
+                prepared = replayer._finish(plan(page), len(page))
             # After the tables' traits are read (a catalog query the setting would slow).
             execute(conn, _sql.INDEX_SCANS, prepare=False)
-            replayer._send(page, functools.partial(read_ahead, following))
-            if copy_log and entries:
+            replayer._send(prepared, functools.partial(read_ahead, following))
+            if copy_log and page:
                 # The page's statements answer first (in this pipeline an error of theirs
                 # would surface at the copy's statement, as if the copy had failed): a nested
                 # pipeline syncs.
                 with conn.pipeline():
                     pass
-                _copy_log(source, conn, entries)
+                _copy_log(source, conn, page.entries)
 
         return self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
@@ -666,7 +669,7 @@ class Oplog(OplogSettings):
         source: psycopg.Connection[Any],
         target: psycopg.Connection[Any],
         consumer: Consumer,
-        apply_page: Callable[[psycopg.Connection[Any], list[Entry], Ahead[TailPage | None]], None],
+        apply_page: Callable[[psycopg.Connection[Any], TailPage, Ahead[TailPage | None]], None],
         batch_size: int,
         poll_interval: float,
         channel: str | None,
@@ -716,7 +719,7 @@ class Oplog(OplogSettings):
                                 # further meanwhile, the page is rolled back.
                                 lock = consumer._send_lock(target)
                                 try:
-                                    apply_page(target, page.entries, following)
+                                    apply_page(target, page, following)
                                 except Exception as exc:
                                     _check_lock(consumer, lock, position, exc)
                                     raise
@@ -726,7 +729,7 @@ class Oplog(OplogSettings):
                                 stored = consumer.position(target, lock=True)
                                 if stored != position:
                                     raise _Moved(stored)
-                                apply_page(target, page.entries, following)
+                                apply_page(target, page, following)
                             consumer.save(target, page.end)
                     except _Moved as moved:
                         # Another process running this consumer got further: continue from

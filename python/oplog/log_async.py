@@ -45,7 +45,7 @@ from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay_async import AsyncReplayer
-from oplog.replay_plan import Plan, PreparedPage, decode_entries, on_the_keys_index
+from oplog.replay_plan import Plan, PreparedPage, on_the_keys_index
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer_async import AsyncWriter
 
@@ -509,7 +509,10 @@ class AsyncOplog(OplogSettings):
                     [] if operations_only else await _metadata(conn, [row[0] for row in rows])
                 )
                 await _end_read(conn)
-                page = cursor.page(rows, metadata, self.wrapper, times)
+                if operations_only:
+                    page = cursor.page_to_apply(rows, self.wrapper)
+                else:
+                    page = cursor.page(rows, metadata, self.wrapper, times)
                 if page and operations_only and not cursor.needs_snapshot:
                     asking = True
                     await sent.enter_async_context(conn.pipeline())
@@ -576,9 +579,9 @@ class AsyncOplog(OplogSettings):
         """
 
         async def apply_page(
-            conn: psycopg.AsyncConnection[Any], entries: list[Entry], _: Ahead[TailPage | None]
+            conn: psycopg.AsyncConnection[Any], page: TailPage, _: Ahead[TailPage | None]
         ) -> None:
-            for entry in entries:
+            for entry in page.entries:
                 await apply(conn, entry)
 
         return await self._consume(
@@ -623,11 +626,11 @@ class AsyncOplog(OplogSettings):
         """
         catalog = self.catalog
         replayer = AsyncReplayer(AsyncWriter(target, catalog), "")
-        # The next page's entries, and their plan (or why they have none), made ahead.
-        ahead: list[tuple[list[Entry], Plan | Exception]] = []
+        # The next page, and its plan (or why it has none), made ahead.
+        ahead: list[tuple[TailPage, Plan | Exception]] = []
 
-        def plan(entries: list[Entry]) -> Plan:
-            return replayer._plan(decode_entries(entries, catalog))
+        def plan(page: TailPage) -> Plan:
+            return replayer._plan(page.operations(catalog))
 
         async def read_ahead(following: Ahead[TailPage | None]) -> None:
             # While the target runs this page's statements: the next page is read from the
@@ -637,33 +640,33 @@ class AsyncOplog(OplogSettings):
             page = following.result()
             if page:
                 try:
-                    ahead.append((page.entries, plan(page.entries)))
+                    ahead.append((page, plan(page)))
                 except Exception as exc:
-                    ahead.append((page.entries, exc))
+                    ahead.append((page, exc))
 
         async def replay(
             conn: psycopg.AsyncConnection[Any],
-            entries: list[Entry],
+            page: TailPage,
             following: Ahead[TailPage | None],
         ) -> None:
             # The page at once, set-based (see AsyncReplayer.apply_many); `conn` is `target`.
             planned = ahead.pop() if ahead else None
-            if planned is not None and planned[0] is entries:
+            if planned is not None and planned[0] is page:
                 if isinstance(planned[1], Exception):
                     raise planned[1]
-                page = await replayer._finish(planned[1], len(entries))
+                prepared = await replayer._finish(planned[1], len(page))
             else:  # the first page (of this process, or since another got further)
-                page = await replayer._finish(plan(entries), len(entries))
+                prepared = await replayer._finish(plan(page), len(page))
             # After the tables' traits are read (a catalog query the setting would slow).
             await aexecute(conn, _sql.INDEX_SCANS, prepare=False)
-            await replayer._send(page, functools.partial(read_ahead, following))
-            if copy_log and entries:
+            await replayer._send(prepared, functools.partial(read_ahead, following))
+            if copy_log and page:
                 # The page's statements answer first (in this pipeline an error of theirs
                 # would surface at the copy's statement, as if the copy had failed): a nested
                 # pipeline syncs.
                 async with conn.pipeline():
                     pass
-                await _copy_log(source, conn, entries)
+                await _copy_log(source, conn, page.entries)
 
         return await self._consume(
             source, target, _consumer(consumer, partition), replay, batch_size, poll_interval,
@@ -676,7 +679,7 @@ class AsyncOplog(OplogSettings):
         target: psycopg.AsyncConnection[Any],
         consumer: AsyncConsumer,
         apply_page: Callable[
-            [psycopg.AsyncConnection[Any], list[Entry], Ahead[TailPage | None]], Awaitable[None]
+            [psycopg.AsyncConnection[Any], TailPage, Ahead[TailPage | None]], Awaitable[None]
         ],
         batch_size: int,
         poll_interval: float,
@@ -727,7 +730,7 @@ class AsyncOplog(OplogSettings):
                                 # further meanwhile, the page is rolled back.
                                 lock = await consumer._send_lock(target)
                                 try:
-                                    await apply_page(target, page.entries, following)
+                                    await apply_page(target, page, following)
                                 except Exception as exc:
                                     await _check_lock(consumer, lock, position, exc)
                                     raise
@@ -737,7 +740,7 @@ class AsyncOplog(OplogSettings):
                                 stored = await consumer.position(target, lock=True)
                                 if stored != position:
                                     raise _Moved(stored)
-                                await apply_page(target, page.entries, following)
+                                await apply_page(target, page, following)
                             await consumer.save(target, page.end)
                     except _Moved as moved:
                         # Another process running this consumer got further: continue from

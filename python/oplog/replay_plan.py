@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import psycopg
 from google.protobuf.message import Message
@@ -18,7 +18,7 @@ from oplog.catalog import check_identifier
 from oplog.errors import DecodeError, SchemaError, UnknownTypeError
 from oplog.mapping import Column, Statements, TableMapping, replayed_mask
 from oplog.operation import Operation, OpType
-from oplog.queue import decode_all
+from oplog.queue import decode, decode_all
 
 if TYPE_CHECKING:
     from oplog.catalog import TypeCatalog
@@ -31,6 +31,7 @@ __all__ = [
     "Run",
     "TableTraits",
     "decode_entries",
+    "decode_page",
     "on_the_keys_index",
 ]
 
@@ -404,14 +405,31 @@ def decode_entries(entries: list[Entry], catalog: TypeCatalog) -> list[Operation
             entry.unmarshal_data(catalog)  # raises: still encrypted
         datas.append(entry.data if type(entry.data) is bytes else bytes(entry.data))
     operations, decoded = decode_all(datas, catalog)
-    if decoded < len(entries):
-        entry = entries[decoded]
-        try:
-            entry.unmarshal_data(catalog)  # raises the queue's error
-        except (DecodeError, UnknownTypeError) as exc:
-            raise type(exc)(f"entry {entry.id}: {exc.args[0]}", *exc.args[1:]) from exc
-        raise AssertionError(f"entry {entry.id} decodes alone but not in its page")
+    if decoded < len(datas):
+        _undecodable(entries[decoded].id or 0, datas[decoded], catalog)
     return operations
+
+
+def decode_page(ids: list[int], datas: list[bytes], catalog: TypeCatalog) -> list[Operation]:
+    """The operations of the decrypted data of entries `ids` (without their entries: a page
+    that is only applied), in order, decoded in one call.
+
+    Raises:
+        DecodeError, UnknownTypeError: An entry does not decode (the message names it).
+    """
+    operations, decoded = decode_all(datas, catalog)
+    if decoded < len(datas):
+        _undecodable(ids[decoded], datas[decoded], catalog)
+    return operations
+
+
+def _undecodable(entry_id: int, data: bytes, catalog: TypeCatalog) -> NoReturn:
+    """Raises the error of entry `entry_id`'s `data`, which did not decode in its page."""
+    try:
+        decode(data, catalog)  # raises the queue's error
+    except (DecodeError, UnknownTypeError) as exc:
+        raise type(exc)(f"entry {entry_id}: {exc.args[0]}", *exc.args[1:]) from exc
+    raise AssertionError(f"entry {entry_id} decodes alone but not in its page")
 
 
 def on_the_keys_index(page: PreparedPage, scans: str) -> PreparedPage:
