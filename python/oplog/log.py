@@ -40,11 +40,11 @@ from oplog.checkpoint import (
     partition_consumer,
 )
 from oplog.consumer import Consumer
-from oplog.entry import Entry, ReadPages, entries_from_rows, time_loader
+from oplog.entry import Entry, ReadPages, entries_from_rows, rows_plaintexts, time_loader
 from oplog.errors import TicketConflictError
 from oplog.operation import Operation
 from oplog.replay import Replayer
-from oplog.replay_plan import Plan, PreparedPage, on_the_keys_index
+from oplog.replay_plan import Plan, PreparedPage, decode_page, on_the_keys_index
 from oplog.settings import OplogSettings, logger, warn_if_outside_a_transaction
 from oplog.writer import Writer
 
@@ -282,7 +282,11 @@ class Oplog(OplogSettings):
         def prepare(rows: tuple[list[Any], list[Any]] | None) -> PreparedPage | None:
             if rows is None:
                 return None
-            return replayer._prepare_entries(entries_from_rows(*rows, wrapper), catalog)
+            # The operations of the rows, without entries, which nothing here reads.
+            stored, _ = rows
+            datas = rows_plaintexts(stored, wrapper)
+            operations = decode_page([row[0] for row in stored], datas, catalog)
+            return replayer._prepare(operations, len(stored))
 
         # Each page's statements run on the keys' index (see on_the_keys_index).
         (scans,) = execute(conn, _sql.SEQSCAN_SETTING).fetchone() or ("on",)
