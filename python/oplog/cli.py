@@ -44,10 +44,10 @@ from oplog.catalog import check_identifier
 from oplog.chain import SavedHeads
 from oplog.checkpoint import check_partition, partition_consumer
 from oplog.consumer import lag_behind
-from oplog.entry import Entry, ReadPages, entries_from_rows
+from oplog.entry import Entry, ReadPages, entries_from_rows, rows_plaintexts
 from oplog.log import Ahead, _anext_or_none, _stored_pages
 from oplog.replay import tables_equal
-from oplog.replay_plan import Plan, decode_entries, on_the_keys_index
+from oplog.replay_plan import Plan, decode_page, on_the_keys_index
 
 EXIT_OK = 0
 EXIT_VERIFY = 1
@@ -596,6 +596,10 @@ class _ReplayFailed(Exception):
         self.error = error
 
 
+_PlannedRows = tuple[tuple[list[Any], list[Any]], "Plan | oplog.OplogError"]
+"""A page of a replay: its stored rows (entries, metadata), and their plan or why none."""
+
+
 def _replay_pages(
     conn: psycopg.Connection[Any],
     log: oplog.Oplog,
@@ -620,14 +624,15 @@ def _replay_pages(
     catalog = log.catalog
     stored = _stored_pages(conn, ReadPages(None, after_id, None), operations_only=True)
 
-    def plan(rows: tuple[list[Any], list[Any]]) -> tuple[list[Entry], Plan | oplog.OplogError]:
+    def plan(rows: tuple[list[Any], list[Any]]) -> _PlannedRows:
         # A page that does not decrypt fails here, as reading it did; one that does not decode
-        # or plan is replayed one entry at a time, to name the entry.
-        entries = entries_from_rows(*rows, log.wrapper)
+        # or plan is replayed one entry at a time, to name the entry. No entries are built
+        # unless then.
+        datas = rows_plaintexts(rows[0], log.wrapper)
         try:
-            return entries, replayer._plan(decode_entries(entries, catalog))
+            return rows, replayer._plan(decode_page([row[0] for row in rows[0]], datas, catalog))
         except oplog.OplogError as exc:
-            return entries, exc
+            return rows, exc
 
     # Each page's statements run on the keys' index (replay_plan.on_the_keys_index).
     (scans,) = conn.execute(_sql.SEQSCAN_SETTING).fetchone() or ("on",)
@@ -635,25 +640,26 @@ def _replay_pages(
     rows = _anext_or_none(stored)
     page = None if rows is None else plan(rows)
     while page is not None:
-        entries, planned = page
+        stored_rows, planned = page
+        entries_count = len(stored_rows[0])
         rows = _anext_or_none(stored)
         ahead = None if rows is None else Ahead(functools.partial(plan, rows))
         try:
             with conn.transaction():
                 if isinstance(planned, oplog.OplogError):
                     raise planned
-                prepared = replayer._finish(planned, len(entries))
+                prepared = replayer._finish(planned, entries_count)
                 prepared = on_the_keys_index(prepared, scans)
                 replayer._send(prepared, None if ahead is None else ahead.run)
         except (psycopg.Error, oplog.OplogError) as set_based:
-            for entry in entries:
+            for entry in entries_from_rows(*stored_rows, log.wrapper):
                 try:
                     _replay_entry(replayer, entry, catalog)
                 except CommandError as error:
                     raise _ReplayFailed(entry.id, error) from None
             raise set_based  # one by one it replays: report the page's own error
-        count += len(entries)
-        progress.step(len(entries))
+        count += entries_count
+        progress.step(entries_count)
         page = None if ahead is None else ahead.get()
     return count
 
