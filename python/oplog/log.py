@@ -621,21 +621,24 @@ class Oplog(OplogSettings):
         """
         catalog = self.catalog
         replayer = Replayer(Writer(target, catalog), "")
-        # The next page, and its plan (or why it has none), made ahead.
-        ahead: list[tuple[TailPage, Plan | Exception]] = []
+        # The next page, and its statements (or its plan, when they need I/O on the target;
+        # or why it has neither), made ahead.
+        ahead: list[tuple[TailPage, PreparedPage | Plan | Exception]] = []
 
         def plan(page: TailPage) -> Plan:
             return replayer._plan(page.operations(catalog))
 
         def read_ahead(following: Ahead[TailPage | None]) -> None:
             # While the target runs this page's statements: the next page is read from the
-            # source, decoded and planned (no I/O on the target). What fails is raised when
-            # that page is applied, in its own transaction, as if it had failed there.
+            # source, decoded, planned and, when that needs no I/O on the target (its tables'
+            # traits known), composed. What fails is raised when that page is applied, in its
+            # own transaction, as if it had failed there.
             following.run()
             page = following.result()
             if page:
                 try:
-                    ahead.append((page, plan(page)))
+                    planned = plan(page)
+                    ahead.append((page, replayer._finish_ahead(planned, len(page)) or planned))
                 except Exception as exc:
                     ahead.append((page, exc))
 
@@ -645,13 +648,18 @@ class Oplog(OplogSettings):
             following: Ahead[TailPage | None],
         ) -> None:
             # The page at once, set-based (see Replayer.apply_many); `conn` is `target`.
-            planned = ahead.pop() if ahead else None
-            if planned is not None and planned[0] is page:
-                if isinstance(planned[1], Exception):
-                    raise planned[1]
-                prepared = replayer._finish(planned[1], len(page))
-            else:  # the first page (of this process, or since another got further)
-                prepared = replayer._finish(plan(page), len(page))
+            made = None
+            if ahead:
+                ((ahead_of, made),) = ahead
+                ahead.clear()
+                if ahead_of is not page:  # read by a run that ended (another got further)
+                    made = None
+            if isinstance(made, Exception):
+                raise made
+            if isinstance(made, PreparedPage):
+                prepared = made
+            else:  # planned only, or the first page (of this run, or since another got further)
+                prepared = replayer._finish(made or plan(page), len(page))
             # After the tables' traits are read (a catalog query the setting would slow).
             execute(conn, _sql.INDEX_SCANS, prepare=False)
             replayer._send(prepared, functools.partial(read_ahead, following))

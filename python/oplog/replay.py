@@ -244,10 +244,26 @@ class Replayer:
         """`plan`'s statements with their values, nothing sent. The target tables are made
         ready and their traits read (statements on the connection, when not known yet) before
         the plan is arranged."""
-        conn = self._writer.conn
         for target, msg in plan.targets.items():
             self._ready_table(target, msg)
             self._table_traits(target)
+        return self._compose(plan, entries)
+
+    def _finish_ahead(self, plan: Plan, entries: int) -> PreparedPage | None:
+        """:meth:`_finish` when it needs no I/O: every table `plan` writes is ready, and its
+        traits were read less than :data:`TRAITS_TTL` seconds ago (a replicator prepares its
+        next page so while the target applies the current one). None otherwise."""
+        for target in plan.targets:
+            if self._suffix and target not in self._ready:
+                return None
+            if self._cache.fresh_traits(target, TRAITS_TTL) is None:
+                return None
+        return self._compose(plan, entries)
+
+    def _compose(self, plan: Plan, entries: int) -> PreparedPage:
+        """`plan` arranged, and its statements composed with their values (the target tables'
+        traits known)."""
+        conn = self._writer.conn
         plan.arrange()
         pgarray.register(conn)
         # Every run's statement and values before the first is sent: a value that cannot be
