@@ -41,7 +41,7 @@ from psycopg.abc import Loader
 from psycopg.pq import TransactionStatus
 
 from oplog.catalog import TypeCatalog
-from oplog.entry import Entry, entries_from_rows, rows_plaintexts
+from oplog.entry import Entry, entries_from_rows, rows_plaintexts, stored_entries
 from oplog.errors import InvalidParameterError, OplogError
 from oplog.operation import Operation
 from oplog.replay_plan import decode_entries, decode_page
@@ -220,19 +220,8 @@ class TailPage:
         metadata it did not read)."""
         if self._entries is None:
             assert self.datas is not None
-            stored, wrapper = Entry._stored, self._wrapper
-            self._entries = [
-                stored(id_, time, version, name, bytes(blob), key_id, {}, wrapper, data)
-                for (id_, time, version, name, blob, key_id), data in zip(self._rows, self.datas)
-            ]
+            self._entries = stored_entries(self._rows, self.datas, {}, self._wrapper)
         return self._entries
-
-    @property
-    def ids(self) -> list[int]:
-        """The entries' ids, in order."""
-        if self._entries is None:
-            return [row[0] for row in self._rows]
-        return [int(entry.id or 0) for entry in self._entries]
 
     def __len__(self) -> int:
         return len(self._rows) if self._entries is None else len(self._entries)
@@ -245,7 +234,7 @@ class TailPage:
         """
         if self.datas is None:
             return decode_entries(self.entries, catalog)
-        return decode_page(self.ids, self.datas, catalog)
+        return decode_page(self._rows, self.datas, catalog)
 
     def __iter__(self) -> Iterator[tuple[Entry, Checkpoint]]:
         """``(entry, checkpoint after it)`` for each entry, in order."""

@@ -630,7 +630,7 @@ def _replay_pages(
         # unless then.
         datas = rows_plaintexts(rows[0], log.wrapper)
         try:
-            return rows, replayer._plan(decode_page([row[0] for row in rows[0]], datas, catalog))
+            return rows, replayer._plan(decode_page(rows[0], datas, catalog))
         except oplog.OplogError as exc:
             return rows, exc
 

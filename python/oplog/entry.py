@@ -37,6 +37,7 @@ __all__ = [
     "metadata_rows",
     "normalize_metadata",
     "rows_plaintexts",
+    "stored_entries",
     "time_loader",
 ]
 
@@ -402,24 +403,26 @@ def entries_from_rows(
     Raises:
         DecryptError: An entry does not decrypt with `wrapper` (the message names it).
     """
-    by_entry = group_metadata(metadata)
     rows = rows if isinstance(rows, list) else list(rows)
-    blobs = [bytes(row[4]) for row in rows]
-    out = []
-    for (id_, create_time, version, name, _, key_id), blob, plaintext in zip(
-        rows, blobs, page_plaintexts(wrapper, blobs)
-    ):
-        entry = Entry._stored(
-            id_, create_time, version, name, blob, key_id, by_entry.get(id_, {}), wrapper,
-            plaintext, times,
-        )  # fmt: skip
-        if plaintext is None:
-            try:
-                entry.decrypt_data()
-            except DecryptError as exc:
-                raise DecryptError(f"entry {id_} does not decrypt: {exc}") from exc
-        out.append(entry)
-    return out
+    datas = rows_plaintexts(rows, wrapper)
+    return stored_entries(rows, datas, group_metadata(metadata), wrapper, times)
+
+
+def stored_entries(
+    rows: list[Sequence[Any]],
+    datas: list[bytes],
+    by_entry: Mapping[int, Metadata],
+    wrapper: Wrapper | None,
+    times: Loader | None = None,
+) -> list[Entry]:
+    """Entries from stored rows (as :func:`entries_from_rows` takes them), their decrypted
+    `datas` and their metadata by entry id."""
+    stored = Entry._stored
+    return [
+        stored(id_, time, version, name, blob if type(blob) is bytes else bytes(blob), key_id,
+               by_entry.get(id_, {}), wrapper, data, times)
+        for (id_, time, version, name, blob, key_id), data in zip(rows, datas)
+    ]  # fmt: skip
 
 
 def rows_plaintexts(rows: list[Sequence[Any]], wrapper: Wrapper) -> list[bytes]:
@@ -431,6 +434,8 @@ def rows_plaintexts(rows: list[Sequence[Any]], wrapper: Wrapper) -> list[bytes]:
     """
     blobs = [bytes(row[4]) for row in rows]
     out = page_plaintexts(wrapper, blobs)
+    if None not in out:  # (each blob opened by the Rust core, as usual)
+        return cast("list[bytes]", out)
     for i, plaintext in enumerate(out):
         if plaintext is None:
             try:

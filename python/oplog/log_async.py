@@ -289,7 +289,7 @@ class AsyncOplog(OplogSettings):
             # The operations of the rows, without entries, which nothing here reads.
             stored, _ = rows
             datas = rows_plaintexts(stored, wrapper)
-            operations = decode_page([row[0] for row in stored], datas, catalog)
+            operations = decode_page(stored, datas, catalog)
             return await replayer._prepare(operations, len(stored))
 
         # Each page's statements run on the keys' index (see on_the_keys_index).

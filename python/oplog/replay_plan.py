@@ -6,7 +6,7 @@ and ``AsyncReplayer``, run the plan).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import psycopg
@@ -410,16 +410,18 @@ def decode_entries(entries: list[Entry], catalog: TypeCatalog) -> list[Operation
     return operations
 
 
-def decode_page(ids: list[int], datas: list[bytes], catalog: TypeCatalog) -> list[Operation]:
-    """The operations of the decrypted data of entries `ids` (without their entries: a page
-    that is only applied), in order, decoded in one call.
+def decode_page(
+    rows: Sequence[Sequence[Any]], datas: list[bytes], catalog: TypeCatalog
+) -> list[Operation]:
+    """The operations of stored entry `rows` (their id first) from their decrypted `datas`,
+    without building entries (a page that is only applied), in order, decoded in one call.
 
     Raises:
         DecodeError, UnknownTypeError: An entry does not decode (the message names it).
     """
     operations, decoded = decode_all(datas, catalog)
     if decoded < len(datas):
-        _undecodable(ids[decoded], datas[decoded], catalog)
+        _undecodable(rows[decoded][0], datas[decoded], catalog)
     return operations
 
 
